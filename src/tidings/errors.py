@@ -1,0 +1,61 @@
+"""The one error tree of tidings, and the control-flow signals handlers raise.
+
+    TidingsError                      every error tidings raises on purpose
+    ├── ConfigurationError            settings or a URL that cannot work as given
+    ├── ConnectionFailed              Redis or PostgreSQL could not be reached
+    ├── MigrationsPending             the database schema is older than this code
+    ├── EmbeddedServerError           the embedded Redis / PostgreSQL would not start or stop
+    ├── AppLoadError                  `MODULE:APP` could not be imported or is not an App
+    ├── UnknownTopic                  a topic name nobody declared
+    ├── PayloadError                  a payload that is not JSON, fails the schema or is too big
+    └── Signal                        control flow raised by a handler, not a failure of tidings
+        └── Reject(reason)            park the message in the dead-letter stream, ack it
+
+Every message says what is wrong and what to do about it; the CLI prints it on one line.
+"""
+
+from __future__ import annotations
+
+
+class TidingsError(Exception):
+    """Root of every error tidings raises on purpose."""
+
+
+class ConfigurationError(TidingsError):
+    """Settings, a URL or an option that cannot work as given."""
+
+
+class ConnectionFailed(TidingsError):
+    """Redis or PostgreSQL could not be reached."""
+
+
+class MigrationsPending(TidingsError):
+    """The database schema is older than this version of tidings."""
+
+
+class EmbeddedServerError(TidingsError):
+    """The embedded Redis or PostgreSQL would not start or stop."""
+
+
+class AppLoadError(TidingsError):
+    """A `MODULE:APP` path could not be imported or does not name an App."""
+
+
+class UnknownTopic(TidingsError):
+    """A topic name that no App declared."""
+
+
+class PayloadError(TidingsError):
+    """A payload that is not JSON, does not match the topic's schema, or is too large."""
+
+
+class Signal(TidingsError):
+    """Control flow raised by a handler; not a failure of tidings itself."""
+
+
+class Reject(Signal):
+    """Raised by a handler: the message can never succeed; park it and ack it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

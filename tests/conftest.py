@@ -1,0 +1,61 @@
+"""Shared fixtures: real servers from TIDINGS_TEST_* variables, else the embedded ones."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _embedded_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # One embedded home per test session keeps the servers shared by every test in it.
+    home = os.environ.get("TIDINGS_TEST_HOME")
+    if home:
+        return Path(home)
+    return Path(tmp_path_factory.getbasetemp()) / "tidings-home"
+
+
+@pytest.fixture(scope="session")
+def embedded_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = _embedded_home(tmp_path_factory)
+    home.mkdir(parents=True, exist_ok=True)
+    yield home
+    if not os.environ.get("TIDINGS_TEST_HOME"):
+        from tidings import embedded
+
+        embedded.stop_all(home)
+
+
+@pytest.fixture(scope="session")
+def redis_url(embedded_home: Path) -> str:
+    url = os.environ.get("TIDINGS_TEST_REDIS_URL")
+    if url:
+        return url
+    from tidings import embedded
+
+    return embedded.start_redis(embedded_home).url
+
+
+@pytest.fixture(scope="session")
+def database_url(embedded_home: Path) -> str:
+    url = os.environ.get("TIDINGS_TEST_DATABASE_URL")
+    if url:
+        return url
+    from tidings import embedded
+
+    return embedded.start_postgres(embedded_home).url
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A Redis key prefix of its own for each test, so tests never see each other's keys."""
+    return f"tt-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def schema_name() -> str:
+    """A PostgreSQL schema of its own for each test that writes tables."""
+    return f"tt_{uuid.uuid4().hex[:10]}"
