@@ -1,0 +1,190 @@
+"""`tidings …` — the command line: workers, migrations, publishing, embedded servers, benchmarks.
+
+Settings are read here, once, and passed down. Errors print one line; `--debug` shows the trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import traceback
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from tidings.errors import TidingsError
+from tidings.settings import Settings
+
+T = TypeVar("T")
+
+cli = typer.Typer(
+    help="tidings: notification pipelines on Redis Streams and PostgreSQL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+embedded_cli = typer.Typer(help="The embedded Redis and PostgreSQL used when no URL is set.")
+bench_cli = typer.Typer(help="Benchmarks that print tidings next to a raw baseline.")
+cli.add_typer(embedded_cli, name="embedded")
+cli.add_typer(bench_cli, name="bench")
+
+err = Console(stderr=True)
+out = Console()
+
+
+class _State:
+    debug = False
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; a TidingsError becomes one red line and exit code 1."""
+    try:
+        return asyncio.run(coro)
+    except TidingsError as exc:
+        if _State.debug:
+            traceback.print_exc()
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@cli.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    _State.debug = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@cli.command()
+def worker(
+    app_path: Annotated[str, typer.Argument(metavar="MODULE:APP", help="The App to run.")],
+    name: Annotated[str, typer.Option(help="Worker name (consumer names start with it).")] = (
+        "worker"
+    ),
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Handler calls at once per partition.")
+    ] = None,
+    agent: Annotated[
+        list[str] | None, typer.Option(help="Run only this agent (repeatable).")
+    ] = None,
+) -> None:
+    """Run the agents of one pipeline module until SIGTERM / SIGINT, then stop gracefully."""
+    from tidings.loading import load_app
+    from tidings.worker import Worker
+
+    async def main() -> None:
+        app = load_app(app_path)
+        await Worker(app, settings(), name=name, concurrency=concurrency, agents=agent).run()
+
+    run(main())
+
+
+@cli.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    downgrade: Annotated[
+        bool, typer.Option("--downgrade", help="Go down to REVISION instead of up.")
+    ] = False,
+) -> None:
+    """Apply (or revert) database migrations; safe to run from several processes at once."""
+    from tidings import database
+    from tidings import migrate as migrations
+    from tidings.connections import open_database
+
+    async def main() -> None:
+        config = settings()
+        engine = await open_database(config)
+        try:
+            schema = config.database_schema
+            if downgrade:
+                done = await migrations.downgrade(engine, schema, revision)
+            else:
+                done = await migrations.upgrade(engine, schema, revision)
+            where = database.display_url(engine)
+            now = await migrations.current(engine, schema)
+        finally:
+            await engine.dispose()
+        verb = "reverted" if downgrade else "applied"
+        summary = ", ".join(done) if done else "nothing to do"
+        out.print(f"{verb}: {summary}; schema {schema!r} at {now or 'base'} on {where}")
+
+    run(main())
+
+
+@cli.command()
+def publish(
+    topic: Annotated[str, typer.Argument(help="Topic name.")],
+    payload: Annotated[str | None, typer.Argument(help="One JSON payload.")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="A JSON Lines file: one payload a line.")
+    ] = None,
+    app_path: Annotated[
+        str | None,
+        typer.Option("--app", envvar="TIDINGS_APP", help="MODULE:APP whose topic schema to use."),
+    ] = None,
+    key: Annotated[str | None, typer.Option(help="Message key (same key, same order).")] = None,
+    key_field: Annotated[
+        str | None, typer.Option(help="Take each message's key from this payload field.")
+    ] = None,
+    priority: Annotated[str, typer.Option(help="high, normal or low.")] = "normal",
+) -> None:
+    """Publish one JSON payload, or a JSON Lines file with a progress bar."""
+    from tidings.publishing import publish_command
+
+    run(publish_command(settings(), topic, payload, file, app_path, key, key_field, priority,
+                        out))
+
+
+@embedded_cli.command("status")
+def embedded_status() -> None:
+    """Show the embedded servers of TIDINGS_HOME and where their data lives."""
+    from tidings import embedded
+
+    config = settings()
+    servers = embedded.status(config.home)
+    if not servers:
+        out.print(f"no embedded server is running for {config.home}")
+    for server in servers:
+        out.print(f"{server.name}: pid {server.pid}, {server.url}, data in {server.data_dir}")
+
+
+@embedded_cli.command("stop")
+def embedded_stop() -> None:
+    """Stop the embedded servers (data is kept under TIDINGS_HOME)."""
+    from tidings import embedded
+
+    config = settings()
+    stopped = embedded.stop_all(config.home)
+    out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@cli.command()
+def example(
+    count: Annotated[int, typer.Option(min=1, help="Orders to publish.")] = 2000,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = (
+        False
+    ),
+) -> None:
+    """Run an example pipeline end to end on the configured (by default embedded) servers."""
+    from tidings.example import run_example
+
+    run(run_example(settings(), count, json_output, out))
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,269 @@
+"""Consuming one partition: weighted lane reads, ordered per-key handling, ack, reclaim, trim."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from tidings.agent import Agent
+from tidings.errors import PayloadError, Reject
+from tidings.message import Message, now_ms
+from tidings.settings import Settings
+from tidings.transport import Entry, Transport, min_id
+
+log = logging.getLogger("tidings.consumer")
+
+
+def lane_counts(
+    batch: int, weights: Sequence[int], busy: Sequence[bool]
+) -> list[int]:
+    """How many entries to ask of each lane this round.
+
+    Busy lanes (non-empty last round) share the batch by weight; an idle lane is still probed
+    with its plain weighted share, so a lane that fills up is noticed at once and a low lane
+    always gets its share: weights decide the mix, nothing starves.
+    """
+    total = sum(weights)
+    busy_total = sum(w for w, b in zip(weights, busy, strict=True) if b)
+    counts = []
+    for weight, is_busy in zip(weights, busy, strict=True):
+        share = weight / (busy_total if is_busy else total)
+        counts.append(max(1, round(batch * share)))
+    return counts
+
+
+class PartitionConsumer:
+    """Reads one partition of a topic for one agent until told to stop."""
+
+    def __init__(
+        self,
+        agent: Agent[Any],
+        partition: int,
+        consumer: str,
+        transport: Transport,
+        settings: Settings,
+    ) -> None:
+        self.agent = agent
+        self.partition = partition
+        self.consumer = consumer
+        self.transport = transport
+        self.settings = settings
+        self.keys = agent.topic.keys(partition)
+        self.lanes = self.keys.lanes
+        self._stopping = asyncio.Event()
+        self._acks: dict[str, list[bytes]] = {}
+        self._busy = [False, False, False]
+        self._next_claim = 0.0
+        self._next_trim = 0.0
+        self._batch: list[Entry] = []
+
+    def stop(self) -> None:
+        """Stop reading; the batch in hand is finished and acked."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def start(self) -> None:
+        for lane in self.lanes:
+            await self.transport.create_group(lane, self.agent.group)
+
+    async def run(self) -> None:
+        backoff = 0.0
+        try:
+            while not self.stopping:
+                try:
+                    await self._maintain()
+                    entries = await self._read()
+                    if entries:
+                        await self.process(entries)
+                    backoff = 0.0
+                except Exception as exc:  # Redis away or a bug: keep the partition, retry
+                    backoff = min(max(backoff * 2, 0.1), 5.0)
+                    log.error("consumer of %s failed (%s: %s); retrying in %.1fs",
+                              self.keys.tag, type(exc).__name__, exc, backoff)
+                    await asyncio.sleep(backoff)
+        finally:
+            unfinished = self._unfinished()
+            await self._flush_acks()
+            if unfinished:
+                # Cancelled at the shutdown deadline: hand these to the next owner right away.
+                await asyncio.shield(self.release(unfinished))
+
+    def _unfinished(self) -> dict[str, list[bytes]]:
+        done = {(stream, i) for stream, ids in self._acks.items() for i in ids}
+        left: dict[str, list[bytes]] = {}
+        for entry in self._batch:
+            if (entry.stream, entry.id) not in done:
+                left.setdefault(entry.stream, []).append(entry.id)
+        return left
+
+    async def _read(self) -> list[Entry]:
+        counts = lane_counts(self.settings.batch_size, self.settings.lane_weights, self._busy)
+        acks, self._acks = list(self._acks.items()), {}
+        entries = await self.transport.read(
+            self.agent.group, self.consumer, list(zip(self.lanes, counts, strict=True)), acks
+        )
+        self._busy = [any(e.stream == lane for e in entries) for lane in self.lanes]
+        if entries or self.stopping:
+            return entries
+        return await self.transport.read(
+            self.agent.group,
+            self.consumer,
+            [(lane, self.settings.batch_size) for lane in self.lanes],
+            block_ms=self.settings.block_ms,
+        )
+
+    async def _flush_acks(self) -> None:
+        acks, self._acks = self._acks, {}
+        for stream, ids in acks.items():
+            await asyncio.shield(self.transport.ack(stream, self.agent.group, ids))
+
+    # -- handling -------------------------------------------------------------------------
+
+    async def process(self, entries: list[Entry]) -> None:
+        """Handle a batch: dead-letter what cannot be handled, run the rest, collect acks."""
+        self._batch = entries
+        await self._handle(entries)
+        self._batch = []
+
+    async def _handle(self, entries: list[Entry]) -> None:
+        messages: list[tuple[Entry, Message[Any]]] = []
+        for entry in entries:
+            message = await self._admit(entry)
+            if message is not None:
+                messages.append((entry, message))
+        if not messages:
+            return
+        concurrency = self.agent.concurrency
+        if concurrency <= 1 or len(messages) == 1:
+            await self._run_in_order(messages)
+            return
+        slots: list[list[tuple[Entry, Message[Any]]]] = [[] for _ in range(concurrency)]
+        for index, item in enumerate(messages):
+            key = item[1].key
+            slot = index if key is None else zlib.crc32(key.encode())
+            slot %= concurrency
+            slots[slot].append(item)
+        await asyncio.gather(*(self._run_in_order(s) for s in slots if s))
+
+    async def _admit(self, entry: Entry) -> Message[Any] | None:
+        stats = self.agent.stats
+        if entry.fields is None:
+            stats.deleted += 1
+            self._acks.setdefault(entry.stream, []).append(entry.id)
+            log.warning("entry %s of %s was deleted while pending; acked", entry.id, entry.stream)
+            return None
+        if entry.deliveries > self.settings.max_deliveries:
+            stats.poison += 1
+            await self._dead_letter(
+                entry, "poison",
+                f"delivered {entry.deliveries} times without an ack"
+                f" (TIDINGS_MAX_DELIVERIES={self.settings.max_deliveries})",
+            )
+            return None
+        try:
+            return self.agent.topic.decode(entry.fields, entry.id, self.partition, entry.deliveries)
+        except PayloadError as exc:
+            stats.invalid += 1
+            await self._dead_letter(entry, "invalid", str(exc))
+            return None
+
+    async def _run_in_order(self, items: list[tuple[Entry, Message[Any]]]) -> None:
+        stats = self.agent.stats
+        handler = self.agent.handler
+        acks = self._acks
+        for entry, message in items:
+            try:
+                await handler(message)
+            except Reject as exc:
+                stats.rejected += 1
+                await self._dead_letter(entry, "rejected", exc.reason)
+            except Exception as exc:  # a handler bug must not kill the consumer
+                stats.failed += 1
+                log.warning(
+                    "agent %s failed on message %s (delivery %d): %s: %s; it stays pending and"
+                    " will be redelivered", self.agent.name, message.id, entry.deliveries,
+                    type(exc).__name__, exc,
+                )
+            else:
+                stats.processed += 1
+                ack_list = acks.get(entry.stream)
+                if ack_list is None:
+                    acks[entry.stream] = [entry.id]
+                else:
+                    ack_list.append(entry.id)
+
+    async def _dead_letter(self, entry: Entry, kind: str, reason: str) -> None:
+        fields: dict[bytes, bytes] = dict(entry.fields or {})
+        fields.update({
+            b"dead.kind": kind.encode(),
+            b"dead.reason": reason.encode(),
+            b"dead.stream": entry.stream.encode(),
+            b"dead.id": entry.id,
+            b"dead.group": self.agent.group.encode(),
+            b"dead.deliveries": str(entry.deliveries).encode(),
+            b"dead.at_ms": str(now_ms()).encode(),
+        })
+        await self.transport.dead_letter(
+            entry.stream, self.agent.group, entry.id, self.keys.dead, fields
+        )
+        log.warning("dead-lettered %s from %s (%s): %s", entry.id, entry.stream, kind, reason)
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_claim:
+            self._next_claim = now + max(self.settings.claim_idle_ms / 4000, 0.05)
+            await self.reclaim()
+        if now >= self._next_trim:
+            self._next_trim = now + self.settings.trim_interval_s
+            await self.trim()
+
+    async def reclaim(self) -> int:
+        """Take over entries left pending too long (a crashed or stuck consumer) and run them."""
+        total = 0
+        for lane in self.lanes:
+            start = b"0-0"
+            while not self.stopping:
+                claimed = await self.transport.claim(
+                    lane, self.agent.group, self.consumer, self.settings.claim_idle_ms,
+                    start, self.settings.batch_size,
+                )
+                if claimed.deleted:
+                    self.agent.stats.deleted += len(claimed.deleted)
+                    await self.transport.ack(lane, self.agent.group, claimed.deleted)
+                if claimed.entries:
+                    self.agent.stats.reclaimed += len(claimed.entries)
+                    total += len(claimed.entries)
+                    await self.process(claimed.entries)
+                    await self._flush_acks()
+                start = claimed.next_start
+                if start in (b"0-0", b"0"):
+                    break
+        return total
+
+    async def trim(self) -> int:
+        """Drop entries every group is done with; never a pending or unread one (D5)."""
+        removed = 0
+        for lane in self.lanes:
+            groups = await self.transport.groups(lane)
+            if not groups:
+                continue
+            floors = [g.last_delivered for g in groups]
+            floors += [g.oldest_pending for g in groups if g.oldest_pending is not None]
+            floor = min_id(floors)
+            if floor not in (b"0-0", b"0"):
+                removed += await self.transport.trim_below(lane, floor)
+        self.agent.stats.trimmed += removed
+        return removed
+
+    async def release(self, ids_by_stream: dict[str, list[bytes]]) -> None:
+        for stream, ids in ids_by_stream.items():
+            await self.transport.release(stream, self.agent.group, self.consumer, ids)

@@ -1,0 +1,53 @@
+"""Every Redis key tidings writes, in one place.
+
+Keys of one topic partition share the hash tag ``{t:TOPIC:P}`` so that one Lua script or one
+MULTI touching a partition's lanes, delay set, lease and dead letters stays on one cluster slot,
+while the partitions of a topic spread over the slots (DESIGN.md D4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tidings.message import Priority
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionKeys:
+    """The keys of one partition of one topic."""
+
+    namespace: str
+    topic: str
+    partition: int
+
+    @property
+    def tag(self) -> str:
+        return f"{self.namespace}:{{t:{self.topic}:{self.partition}}}"
+
+    def lane(self, priority: Priority) -> str:
+        return f"{self.tag}:{priority.value}"
+
+    @property
+    def lanes(self) -> tuple[str, str, str]:
+        return (self.lane(Priority.HIGH), self.lane(Priority.NORMAL), self.lane(Priority.LOW))
+
+    @property
+    def dead(self) -> str:
+        return f"{self.tag}:dead"
+
+    @property
+    def delayed(self) -> str:
+        return f"{self.tag}:delayed"
+
+    def lease(self, group: str) -> str:
+        return f"{self.tag}:lease:{group}"
+
+
+def members(namespace: str, topic: str, group: str) -> str:
+    """Sorted set of the live consumers of one agent's group (score = expiry in ms)."""
+    return f"{namespace}:members:{topic}:{group}"
+
+
+def topic_registry(namespace: str) -> str:
+    """Hash of topic name -> partition count, so tools can find streams without a SCAN."""
+    return f"{namespace}:topics"

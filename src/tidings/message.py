@@ -1,0 +1,138 @@
+"""The envelope every message travels in, and its versioned wire format.
+
+A stream entry has two fields: ``e`` (the envelope header, JSON) and ``d`` (the payload, JSON).
+The header carries ``"v": 1``; a reader rejects versions it does not know instead of guessing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+import orjson
+
+from tidings.errors import PayloadError
+
+WIRE_VERSION = 1
+HEADER_FIELD = b"e"
+PAYLOAD_FIELD = b"d"
+
+T = TypeVar("T")
+
+
+class Priority(StrEnum):
+    """Priority lanes; each lane is its own stream so a flood in one never blocks another."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+LANES: tuple[Priority, ...] = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
+
+
+def new_id() -> str:
+    """A time-ordered unique id: 48 bits of milliseconds, then 80 random bits, as 32 hex digits."""
+    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class Envelope:
+    """What travels with every payload: identity, routing, priority and timing."""
+
+    id: str
+    key: str | None = None
+    priority: Priority = Priority.NORMAL
+    attempt: int = 1
+    created_ms: int = 0
+    enqueued_ms: int = 0
+    trace_id: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": WIRE_VERSION,
+                "id": self.id,
+                "k": self.key,
+                "p": self.priority.value,
+                "a": self.attempt,
+                "c": self.created_ms,
+                "q": self.enqueued_ms,
+                "t": self.trace_id,
+                "h": self.headers,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Envelope:
+        try:
+            data = orjson.loads(raw)
+            version = data["v"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise PayloadError(f"unreadable envelope header: {exc}") from None
+        if version != WIRE_VERSION:
+            raise PayloadError(
+                f"envelope version {version!r} is not known to this tidings (knows {WIRE_VERSION});"
+                " upgrade the worker"
+            )
+        try:
+            return cls(
+                id=data["id"],
+                key=data["k"],
+                priority=Priority(data["p"]),
+                attempt=data["a"],
+                created_ms=data["c"],
+                enqueued_ms=data["q"],
+                trace_id=data["t"],
+                headers=data["h"],
+            )
+        except (KeyError, ValueError) as exc:
+            raise PayloadError(f"incomplete envelope header: {exc}") from None
+
+
+def encode(envelope: Envelope, payload: bytes) -> dict[bytes, bytes]:
+    """Stream entry fields for one message."""
+    return {HEADER_FIELD: envelope.to_json(), PAYLOAD_FIELD: payload}
+
+
+@dataclass(slots=True)
+class Message(Generic[T]):
+    """One delivered message as a handler sees it: the decoded value and its envelope."""
+
+    value: T
+    envelope: Envelope
+    stream_id: str
+    partition: int
+    deliveries: int = 1
+
+    @property
+    def id(self) -> str:
+        return self.envelope.id
+
+    @property
+    def key(self) -> str | None:
+        return self.envelope.key
+
+    @property
+    def priority(self) -> Priority:
+        return self.envelope.priority
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.envelope.headers
+
+
+def dumps(value: Any) -> bytes:
+    """JSON for a payload that is not a pydantic model (dicts, lists, scalars)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError as exc:
+        raise PayloadError(f"payload is not JSON-serialisable: {exc}") from None

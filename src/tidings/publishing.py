@@ -1,0 +1,106 @@
+"""`tidings publish`: one JSON payload or a JSON Lines file, validated before anything is sent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from tidings import keys
+from tidings.app import App
+from tidings.errors import ConfigurationError, PayloadError, UnknownTopic
+from tidings.loading import load_app
+from tidings.message import Priority
+from tidings.settings import Settings
+from tidings.topic import Topic
+
+CHUNK = 500
+
+
+def _parse(text: str, where: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"{where} is not JSON: {exc}") from None
+
+
+def _read_lines(file: Path) -> list[tuple[int, Any]]:
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {file}: {exc.strerror}") from None
+    return [(n, _parse(line, f"{file}:{n}")) for n, line in enumerate(lines, 1) if line.strip()]
+
+
+async def _topic(app: App, settings: Settings, name: str, ad_hoc: bool) -> Topic[Any]:
+    await app.start(settings)
+    if not ad_hoc:
+        return app.get_topic(name)
+    known = await app.transport.known_topics(keys.topic_registry(settings.namespace))
+    if name not in known:
+        raise UnknownTopic(
+            f"topic {name!r} is not known in Redis (no app using it has started); pass"
+            " --app MODULE:APP so its schema and partitions are known"
+        )
+    topic: Topic[Any] = app.topic(name, partitions=known[name])
+    return topic
+
+
+async def publish_command(
+    settings: Settings,
+    topic_name: str,
+    payload: str | None,
+    file: Path | None,
+    app_path: str | None,
+    key: str | None,
+    key_field: str | None,
+    priority: str,
+    out: Console,
+) -> None:
+    if (payload is None) == (file is None):
+        raise ConfigurationError("give either a JSON payload or --file F.jsonl, not both or none")
+    try:
+        lane = Priority(priority)
+    except ValueError:
+        raise ConfigurationError(f"priority {priority!r} is not one of high, normal, low") from None
+    records = [(1, _parse(payload, "the payload"))] if payload is not None else _read_lines(file)  # type: ignore[arg-type]
+    app = load_app(app_path) if app_path else App("publish")
+    try:
+        topic = await _topic(app, settings, topic_name, ad_hoc=app_path is None)
+        for line, value in records:  # validate everything before sending anything
+            try:
+                topic.encode_value(value)
+            except PayloadError as exc:
+                where = f"line {line}" if file else "the payload"
+                raise PayloadError(f"{where}: {exc}; nothing was published") from None
+
+        def key_of(value: Any) -> str | None:
+            if key_field is not None and isinstance(value, dict) and key_field in value:
+                return str(value[key_field])
+            return key
+
+        if payload is not None:
+            msg_id = await topic.send(records[0][1], key=key_of(records[0][1]), priority=lane)
+            out.print(msg_id)
+            return
+        await _publish_all(topic, [v for _, v in records], key_of, lane, out)
+    finally:
+        await app.stop()
+
+
+async def _publish_all(
+    topic: Topic[Any], values: list[Any], key_of: Any, lane: Priority, out: Console
+) -> None:
+    columns = (
+        TextColumn("publishing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+    )
+    with Progress(*columns, console=out, transient=False) as progress:
+        task = progress.add_task("publish", total=len(values))
+        for start in range(0, len(values), CHUNK):
+            chunk = values[start : start + CHUNK]
+            await topic.send_many(chunk, key=key_of, priority=lane)
+            progress.advance(task, len(chunk))
+    out.print(f"published {len(values)} messages to {topic.name}")

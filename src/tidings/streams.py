@@ -1,0 +1,216 @@
+"""Redis Streams transport: XADD / XREADGROUP / XACK / XAUTOCLAIM, leases and trimming.
+
+Works on Redis 6.2 and later. On 6.2 XAUTOCLAIM has no deleted-ids element and returns a
+deleted pending entry with a nil body; both shapes are handled here (DESIGN.md D3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from tidings.transport import Claimed, Entry, GroupState, min_id
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+# Member expiry uses the server's clock, so skewed worker clocks cannot evict each other.
+_JOIN = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('zadd', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('zremrangebyscore', KEYS[1], '-inf', now)
+redis.call('pexpire', KEYS[1], tonumber(ARGV[2]) * 3)
+return redis.call('zcard', KEYS[1])
+"""
+
+_IDLE_FOREVER_MS = 10**12
+
+
+def _raw(response: Any, **_: Any) -> Any:
+    return response
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _bytes(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+class RedisTransport:
+    """The production transport over one ``redis.asyncio.Redis`` client (bytes replies)."""
+
+    def __init__(self, client: Redis) -> None:
+        self.client = client
+        # Parse XAUTOCLAIM ourselves: redis-py's parser cannot read Redis 6.2's nil bodies.
+        client.set_response_callback("XAUTOCLAIM", _raw)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._join = client.register_script(_JOIN)
+
+    async def add(self, entries: Sequence[tuple[str, dict[bytes, bytes]]]) -> list[bytes]:
+        if len(entries) == 1:
+            stream, fields = entries[0]
+            return [await self.client.xadd(stream, fields)]  # type: ignore[arg-type,list-item]
+        pipe = self.client.pipeline(transaction=False)
+        for stream, fields in entries:
+            pipe.xadd(stream, fields)  # type: ignore[arg-type]
+        return list(await pipe.execute())
+
+    async def create_group(self, stream: str, group: str) -> None:
+        try:
+            await self.client.xgroup_create(stream, group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read(
+        self,
+        group: str,
+        consumer: str,
+        counts: Sequence[tuple[str, int]],
+        acks: Sequence[tuple[str, Sequence[bytes]]] = (),
+        block_ms: int | None = None,
+    ) -> list[Entry]:
+        pipe = self.client.pipeline(transaction=False)
+        for stream, ids in acks:
+            if ids:
+                pipe.xack(stream, group, *ids)
+        n_acks = len(pipe.command_stack)
+        if block_ms is None:
+            for stream, count in counts:
+                pipe.xreadgroup(group, consumer, {stream: ">"}, count=count)
+        else:
+            streams = {stream: ">" for stream, _ in counts}
+            count = max(c for _, c in counts)
+            pipe.xreadgroup(group, consumer, streams, count=count, block=block_ms)  # type: ignore[arg-type]
+        replies = await pipe.execute()
+        entries: list[Entry] = []
+        for reply in replies[n_acks:]:
+            for stream_name, items in reply or ():
+                stream = stream_name.decode()
+                entries.extend(Entry(stream, entry_id, fields) for entry_id, fields in items)
+        return entries
+
+    async def ack(self, stream: str, group: str, ids: Sequence[bytes]) -> None:
+        if ids:
+            await self.client.xack(stream, group, *ids)
+
+    async def claim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, start: bytes, count: int
+    ) -> Claimed:
+        reply = await self.client.execute_command(  # type: ignore[no-untyped-call]
+            "XAUTOCLAIM", stream, group, consumer, min_idle_ms, start, "COUNT", count
+        )
+        next_start, raw_entries = reply[0], reply[1]
+        deleted: list[bytes] = list(reply[2]) if len(reply) > 2 else []
+        live: list[tuple[bytes, dict[bytes, bytes]]] = []
+        for item in raw_entries:
+            if item is None:
+                continue
+            entry_id, body = item[0], item[1]
+            if body is None:
+                deleted.append(entry_id)  # Redis 6.2: a trimmed or XDELed pending entry
+            else:
+                live.append((entry_id, _pairs(body)))
+        deliveries = await self._delivery_counts(stream, group, [i for i, _ in live])
+        entries = [Entry(stream, i, f, deliveries.get(i, 1)) for i, f in live]
+        return Claimed(entries, deleted, next_start)
+
+    async def _delivery_counts(
+        self, stream: str, group: str, ids: list[bytes]
+    ) -> dict[bytes, int]:
+        if not ids:
+            return {}
+        low, high = min_id(ids), max(ids, key=lambda i: tuple(map(int, i.split(b"-"))))
+        rows = await self.client.xpending_range(stream, group, low, high, len(ids) * 2 + 10)
+        return {_bytes(row["message_id"]): int(row["times_delivered"]) for row in rows}
+
+    async def release(self, stream: str, group: str, consumer: str, ids: Sequence[bytes]) -> None:
+        if ids:
+            await self.client.execute_command(  # type: ignore[no-untyped-call]
+                "XCLAIM", stream, group, consumer, 0, *ids, "IDLE", _IDLE_FOREVER_MS, "JUSTID"
+            )
+
+    async def dead_letter(
+        self, stream: str, group: str, entry_id: bytes, dead_stream: str, fields: dict[bytes, bytes]
+    ) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(dead_stream, fields)  # type: ignore[arg-type]
+        pipe.xack(stream, group, entry_id)
+        await pipe.execute()
+
+    async def groups(self, stream: str) -> list[GroupState]:
+        try:
+            infos = await self.client.xinfo_groups(stream)
+        except ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return []
+            raise
+        states = []
+        for info in infos:
+            name = _text(info["name"])
+            oldest = None
+            if int(info["pending"]):
+                summary = await self.client.xpending(stream, name)
+                oldest = summary["min"]
+            states.append(
+                GroupState(name, info["last-delivered-id"], int(info["pending"]), oldest)
+            )
+        return states
+
+    async def trim_below(self, stream: str, min_id: bytes) -> int:
+        return int(await self.client.xtrim(stream, minid=min_id, approximate=False))
+
+    async def length(self, stream: str) -> int:
+        return int(await self.client.xlen(stream))
+
+    async def acquire_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
+        return bool(await self.client.set(key, owner, nx=True, px=ttl_ms))
+
+    async def renew_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
+        return bool(await self._renew(keys=[key], args=[owner, ttl_ms]))
+
+    async def release_lease(self, key: str, owner: str) -> None:
+        await self._release(keys=[key], args=[owner])
+
+    async def join(self, members_key: str, member: str, ttl_ms: int) -> int:
+        return int(await self._join(keys=[members_key], args=[member, ttl_ms]))
+
+    async def leave(self, members_key: str, member: str) -> None:
+        await self.client.zrem(members_key, member)
+
+    async def register_topic(self, registry_key: str, topic: str, partitions: int) -> int:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hsetnx(registry_key, topic, partitions)
+        pipe.hget(registry_key, topic)
+        _, recorded = await pipe.execute()
+        return int(recorded)
+
+    async def known_topics(self, registry_key: str) -> dict[str, int]:
+        raw = await self.client.hgetall(registry_key)
+        return {_text(k): int(v) for k, v in raw.items()}
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,125 @@
+"""The seam between the runtime and the stream store: Redis in production, memory in tests.
+
+Everything above this interface (topics, agents, workers) is the same code for both, so one
+behaviour suite runs against either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry as read by a consumer."""
+
+    stream: str
+    id: bytes
+    fields: dict[bytes, bytes] | None  # None: the entry was deleted while pending
+    deliveries: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """Result of reclaiming idle pending entries."""
+
+    entries: list[Entry]
+    deleted: list[bytes]
+    next_start: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GroupState:
+    """What trimming and monitoring need to know about one consumer group on one stream."""
+
+    name: str
+    last_delivered: bytes
+    pending: int
+    oldest_pending: bytes | None
+
+
+class Transport(Protocol):
+    """Stream operations tidings needs; implemented by RedisTransport and MemoryTransport."""
+
+    async def add(self, entries: Sequence[tuple[str, dict[bytes, bytes]]]) -> list[bytes]:
+        """Append entries (stream, fields) in order, in one round trip; return their ids."""
+        ...
+
+    async def create_group(self, stream: str, group: str) -> None:
+        """Create the group at the start of the stream (creating the stream); idempotent."""
+        ...
+
+    async def read(
+        self,
+        group: str,
+        consumer: str,
+        counts: Sequence[tuple[str, int]],
+        acks: Sequence[tuple[str, Sequence[bytes]]] = (),
+        block_ms: int | None = None,
+    ) -> list[Entry]:
+        """Ack finished entries, then read new ones from each stream up to its count.
+
+        With ``block_ms`` the read is one blocking call over all streams, which must share a
+        hash slot; without, it is one pipelined non-blocking read per stream.
+        """
+        ...
+
+    async def ack(self, stream: str, group: str, ids: Sequence[bytes]) -> None: ...
+
+    async def claim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, start: bytes, count: int
+    ) -> Claimed:
+        """Take over entries pending longer than ``min_idle_ms``, with their delivery counts."""
+        ...
+
+    async def release(self, stream: str, group: str, consumer: str, ids: Sequence[bytes]) -> None:
+        """Leave entries pending but make them reclaimable at once (used at shutdown)."""
+        ...
+
+    async def dead_letter(
+        self, stream: str, group: str, entry_id: bytes, dead_stream: str, fields: dict[bytes, bytes]
+    ) -> None:
+        """Atomically append to the dead-letter stream and ack the original."""
+        ...
+
+    async def groups(self, stream: str) -> list[GroupState]: ...
+
+    async def trim_below(self, stream: str, min_id: bytes) -> int:
+        """Delete entries with ids below ``min_id``; return how many went."""
+        ...
+
+    async def length(self, stream: str) -> int: ...
+
+    async def acquire_lease(self, key: str, owner: str, ttl_ms: int) -> bool: ...
+
+    async def renew_lease(self, key: str, owner: str, ttl_ms: int) -> bool: ...
+
+    async def release_lease(self, key: str, owner: str) -> None: ...
+
+    async def join(self, members_key: str, member: str, ttl_ms: int) -> int:
+        """Refresh this member's expiry, drop expired members, return how many are alive."""
+        ...
+
+    async def leave(self, members_key: str, member: str) -> None: ...
+
+    async def register_topic(self, registry_key: str, topic: str, partitions: int) -> int:
+        """Record a topic's partition count; return the count already recorded, if any."""
+        ...
+
+    async def known_topics(self, registry_key: str) -> dict[str, int]:
+        """Every registered topic with its partition count."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def parse_id(raw: bytes) -> tuple[int, int]:
+    """Stream ids compare as (milliseconds, sequence) pairs, not as strings."""
+    ms, _, seq = raw.partition(b"-")
+    return int(ms), int(seq or b"0")
+
+
+def min_id(ids: Sequence[bytes]) -> bytes:
+    return min(ids, key=parse_id)

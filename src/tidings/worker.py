@@ -1,0 +1,153 @@
+"""The worker process: runs an App's agents, heartbeats, and shuts down gracefully on signals.
+
+SIGTERM or SIGINT: stop reading, let in-flight batches finish within the shutdown deadline,
+ack what finished, hand the rest back as immediately reclaimable, exit 0. A second signal
+cancels in-flight work at once (unfinished messages are still handed back, never lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from contextlib import suppress
+
+from tidings.app import App
+from tidings.errors import ConfigurationError
+from tidings.ownership import PartitionOwner
+from tidings.settings import Settings
+
+log = logging.getLogger("tidings.worker")
+
+
+def consumer_name(name: str) -> str:
+    """Unique per process: several workers may share a name, never a host and pid."""
+    return f"{name}-{socket.gethostname()}-{os.getpid()}"
+
+
+class Worker:
+    """Runs the agents of one App in this process until stopped."""
+
+    def __init__(
+        self,
+        app: App,
+        settings: Settings,
+        *,
+        name: str = "worker",
+        concurrency: int | None = None,
+        agents: list[str] | None = None,
+        database: bool = True,
+    ) -> None:
+        if not app.agents:
+            raise ConfigurationError(f"app {app.name!r} declares no agents: nothing to run")
+        unknown = sorted(set(agents or ()) - set(app.agents))
+        if unknown:
+            raise ConfigurationError(
+                f"app {app.name!r} has no agent {', '.join(unknown)} (it has:"
+                f" {', '.join(sorted(app.agents))})"
+            )
+        self.app = app
+        self.settings = settings
+        self.consumer = consumer_name(name)
+        self.database = database
+        self.agents = [a for n, a in app.agents.items() if not agents or n in agents]
+        if concurrency is not None:
+            for agent in self.agents:
+                agent.concurrency = concurrency
+        self.owners: list[PartitionOwner] = []
+        self._stop = asyncio.Event()
+        self._signals = 0
+        self._group_ids: dict[str, int] = {}
+
+    def request_stop(self) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("stopping: finishing in-flight work (send the signal again to cancel it)")
+            self._stop.set()
+        else:
+            log.warning("second signal: cancelling in-flight work")
+            for owner in self.owners:
+                owner.cancel_now()
+
+    async def run(self) -> None:
+        """Start, consume until a stop is requested, then shut down gracefully."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.app.start(self.settings, database=self.database)
+            try:
+                await self._serve()
+            finally:
+                await self.app.stop()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    async def _serve(self) -> None:
+        if self.database:
+            await self._prepare_database()
+        self.owners = [
+            PartitionOwner(agent, self.consumer, self.app.transport, self.settings)
+            for agent in self.agents
+        ]
+        tasks = [asyncio.create_task(owner.run()) for owner in self.owners]
+        heartbeat = asyncio.create_task(self._heartbeat()) if self.database else None
+        log.info("worker %s consuming %s", self.consumer, ", ".join(a.name for a in self.agents))
+        try:
+            await self._stop.wait()
+        finally:
+            await self._shutdown(tasks, heartbeat)
+
+    async def _shutdown(
+        self, tasks: list[asyncio.Task[None]], heartbeat: asyncio.Task[None] | None
+    ) -> None:
+        await asyncio.shield(asyncio.gather(*(owner.stop() for owner in self.owners)))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if heartbeat is not None:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            await asyncio.shield(self._mark_stopped())
+        log.info("worker %s stopped", self.consumer)
+
+    def instance_id(self, agent_name: str) -> str:
+        return f"{agent_name}@{self.consumer}"
+
+    async def _prepare_database(self) -> None:
+        from tidings import migrate
+        from tidings.tables import consumers
+
+        await migrate.upgrade(self.app.engine, self.settings.database_schema)
+        async with self.app.engine.begin() as conn:
+            for agent in self.agents:
+                self._group_ids[agent.name] = await consumers.register_group(
+                    conn, agent.topic.name, agent.group
+                )
+
+    async def _heartbeat(self) -> None:
+        from tidings.tables import consumers
+
+        while True:
+            try:
+                async with self.app.engine.begin() as conn:
+                    for agent in self.agents:
+                        await consumers.heartbeat(
+                            conn, instance_id=self.instance_id(agent.name),
+                            group_id=self._group_ids[agent.name],
+                            hostname=socket.gethostname(), pid=os.getpid(),
+                        )
+            except Exception as exc:  # PostgreSQL away: keep consuming, keep trying
+                log.error("heartbeat failed: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+    async def _mark_stopped(self) -> None:
+        from tidings.tables import consumers
+
+        with suppress(Exception):
+            async with self.app.engine.begin() as conn:
+                for agent in self.agents:
+                    await consumers.mark_stopped(conn, self.instance_id(agent.name))
