@@ -1,0 +1,44 @@
+"""tidings: notification pipelines on Redis Streams and PostgreSQL."""
+
+from tidings.agent import Agent
+from tidings.app import App
+from tidings.errors import (
+    AppLoadError,
+    ConfigurationError,
+    ConnectionFailed,
+    EmbeddedServerError,
+    MigrationsPending,
+    PayloadError,
+    Reject,
+    Signal,
+    TidingsError,
+    UnknownTopic,
+)
+from tidings.message import Envelope, Message, Priority
+from tidings.settings import Settings
+from tidings.topic import Topic
+from tidings.worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent",
+    "App",
+    "AppLoadError",
+    "ConfigurationError",
+    "ConnectionFailed",
+    "EmbeddedServerError",
+    "Envelope",
+    "Message",
+    "MigrationsPending",
+    "PayloadError",
+    "Priority",
+    "Reject",
+    "Settings",
+    "Signal",
+    "TidingsError",
+    "Topic",
+    "UnknownTopic",
+    "Worker",
+    "__version__",
+]
