@@ -1,0 +1,89 @@
+"""The PostgreSQL engine: URL forms, a search_path per connection, and a reachability check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import URL, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.schema import CreateSchema
+
+from tidings.errors import ConfigurationError, ConnectionFailed
+
+_ASYNC_SCHEME = "postgresql+asyncpg"
+_ACCEPTED_SCHEMES = ("postgres", "postgresql", _ASYNC_SCHEME)
+
+
+def async_url(url: str) -> str:
+    """Return ``url`` in the ``postgresql+asyncpg://`` form SQLAlchemy needs.
+
+    Only the scheme is rewritten: host, port, credentials and query (``?host=/socket/dir`` for a
+    unix socket) pass through byte for byte, so nothing gets re-quoted on the way.
+    """
+    scheme, sep, rest = url.partition("://")
+    accepted = ", ".join(f"{name}://" for name in _ACCEPTED_SCHEMES)
+    # Name only the scheme: the rest of the URL may hold a password.
+    if not sep:
+        raise ConfigurationError(f"the database URL has no scheme: start it with one of {accepted}")
+    if scheme.lower() not in _ACCEPTED_SCHEMES:
+        raise ConfigurationError(
+            f"unsupported database URL scheme {scheme + sep!r}: use one of {accepted}"
+        )
+    return f"{_ASYNC_SCHEME}://{rest}"
+
+
+def quote_ident(name: str) -> str:
+    """Quote ``name`` as a PostgreSQL identifier, always, so any schema name is safe in SQL."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def create_engine(url: str, *, schema: str, pool_size: int, connect_timeout: float) -> AsyncEngine:
+    """An async engine whose every connection resolves unqualified tables in ``schema``.
+
+    The tables carry no schema of their own; the ``search_path`` set at connect time places them,
+    so one database can hold several independent tidings installations.
+    """
+    connect_args: dict[str, Any] = {
+        "timeout": connect_timeout,
+        "server_settings": {"search_path": f"{quote_ident(schema)}, public"},
+    }
+    return create_async_engine(
+        async_url(url), pool_size=pool_size, pool_pre_ping=True, connect_args=connect_args
+    )
+
+
+def display_url(engine: AsyncEngine) -> str:
+    """The engine's URL as the user wrote it, minus the password: safe for logs and errors."""
+    url = engine.url
+    # URL.set() cannot clear a field, so build the URL afresh without the password.
+    bare = URL.create("postgresql", url.username, None, url.host, url.port, url.database, url.query)
+    # '/' is legal in a query; unescaped, a socket directory reads as the user wrote it.
+    return bare.render_as_string().replace("%2F", "/")
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """Run ``SELECT 1``; raise ConnectionFailed saying where and why if that is not possible."""
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except (SQLAlchemyError, OSError) as exc:
+        raise ConnectionFailed(
+            f"cannot reach PostgreSQL at {display_url(engine)}: {_reason(exc)}. "
+            "Check TIDINGS_DATABASE_URL, or unset it to use the embedded server."
+        ) from exc
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    if isinstance(exc, TimeoutError):
+        return "no answer within the connect timeout"
+    # Driver messages can span lines (DETAIL, HINT); the error must stay on one.
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+async def ensure_schema(engine: AsyncEngine, schema: str) -> None:
+    """Create ``schema`` unless it exists."""
+    async with engine.begin() as conn:
+        await conn.execute(CreateSchema(schema, if_not_exists=True))

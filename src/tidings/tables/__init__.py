@@ -1,0 +1,20 @@
+"""SQLAlchemy Core tables of tidings, all in one MetaData and none bound to a schema.
+
+The connection's ``search_path`` decides the schema (see :func:`tidings.database.create_engine`).
+"""
+
+from tidings.tables.analytics import delivery_stats_minute
+from tidings.tables.common import metadata
+from tidings.tables.consumers import consumer_groups, consumer_instances
+from tidings.tables.ledger import deliveries, messages
+from tidings.tables.queues import queue_configs
+
+__all__ = [
+    "consumer_groups",
+    "consumer_instances",
+    "deliveries",
+    "delivery_stats_minute",
+    "messages",
+    "metadata",
+    "queue_configs",
+]
