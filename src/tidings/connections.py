@@ -93,7 +93,8 @@ async def connect_redis(url: str, settings: Settings) -> Redis:
     except (RedisError, OSError) as exc:
         await client.aclose()
         raise ConnectionFailed(
-            f"cannot reach Redis at {redacted(url)}: {exc}. Check TIDINGS_REDIS_URL, or unset it"
+            f"cannot reach Redis at {redacted(url)}: {str(exc).rstrip('.')}. Check"
+            " TIDINGS_REDIS_URL, or unset it"
             " to use the embedded server"
         ) from None
     return client

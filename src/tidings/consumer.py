@@ -84,6 +84,9 @@ class PartitionConsumer:
                         await self.process(entries)
                     backoff = 0.0
                 except Exception as exc:  # Redis away or a bug: keep the partition, retry
+                    if "NOGROUP" in str(exc):  # stream or group deleted under us: recreate
+                        await self.start()
+                        continue
                     backoff = min(max(backoff * 2, 0.1), 5.0)
                     log.error("consumer of %s failed (%s: %s); retrying in %.1fs",
                               self.keys.tag, type(exc).__name__, exc, backoff)
@@ -115,7 +118,8 @@ class PartitionConsumer:
         return await self.transport.read(
             self.agent.group,
             self.consumer,
-            [(lane, self.settings.batch_size) for lane in self.lanes],
+            # One COUNT covers all lanes in a blocking read; a third each keeps the batch bound.
+            [(lane, self.settings.batch_size // 3 + 1) for lane in self.lanes],
             block_ms=self.settings.block_ms,
         )
 

@@ -57,19 +57,24 @@ class Envelope:
     headers: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "v": WIRE_VERSION,
-                "id": self.id,
-                "k": self.key,
-                "p": self.priority.value,
-                "a": self.attempt,
-                "c": self.created_ms,
-                "q": self.enqueued_ms,
-                "t": self.trace_id,
-                "h": self.headers,
-            }
-        )
+        try:
+            return orjson.dumps(
+                {
+                    "v": WIRE_VERSION,
+                    "id": self.id,
+                    "k": self.key,
+                    "p": self.priority.value,
+                    "a": self.attempt,
+                    "c": self.created_ms,
+                    "q": self.enqueued_ms,
+                    "t": self.trace_id,
+                    "h": self.headers,
+                }
+            )
+        except TypeError as exc:  # e.g. a lone surrogate: undecodable bytes from a command line
+            raise PayloadError(
+                f"the message's key, headers or trace id cannot be encoded: {exc}"
+            ) from None
 
     @classmethod
     def from_json(cls, raw: bytes) -> Envelope:
@@ -78,13 +83,13 @@ class Envelope:
             version = data["v"]
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise PayloadError(f"unreadable envelope header: {exc}") from None
-        if version != WIRE_VERSION:
+        if type(version) is not int or version != WIRE_VERSION:
             raise PayloadError(
                 f"envelope version {version!r} is not known to this tidings (knows {WIRE_VERSION});"
                 " upgrade the worker"
             )
         try:
-            return cls(
+            envelope = cls(
                 id=data["id"],
                 key=data["k"],
                 priority=Priority(data["p"]),
@@ -96,6 +101,21 @@ class Envelope:
             )
         except (KeyError, ValueError) as exc:
             raise PayloadError(f"incomplete envelope header: {exc}") from None
+        if not _well_typed(envelope):
+            raise PayloadError("envelope header has fields of the wrong type")
+        return envelope
+
+
+def _well_typed(e: Envelope) -> bool:
+    return (
+        type(e.id) is str
+        and (e.key is None or type(e.key) is str)
+        and type(e.attempt) is int
+        and type(e.created_ms) is int
+        and type(e.enqueued_ms) is int
+        and (e.trace_id is None or type(e.trace_id) is str)
+        and type(e.headers) is dict
+    )
 
 
 def encode(envelope: Envelope, payload: bytes) -> dict[bytes, bytes]:

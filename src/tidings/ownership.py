@@ -93,7 +93,7 @@ class PartitionOwner:
         await reader.start()
         task = asyncio.create_task(reader.run(), name=f"{self.agent.name}[{partition}]")
         self.running[partition] = (reader, task)
-        log.info("%s took partition %d of %s", self.consumer, partition, self.agent.topic.name)
+        log.debug("%s took partition %d of %s", self.consumer, partition, self.agent.topic.name)
 
     async def _stop_partition(self, partition: int, *, release: bool) -> None:
         reader, task = self.running.pop(partition)

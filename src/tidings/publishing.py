@@ -49,6 +49,14 @@ async def _topic(app: App, settings: Settings, name: str, ad_hoc: bool) -> Topic
     return topic
 
 
+def _check_key(key: str | None) -> None:
+    if key is not None:
+        try:
+            key.encode()
+        except UnicodeEncodeError:
+            raise PayloadError(f"key {key!r} is not valid text") from None
+
+
 async def publish_command(
     settings: Settings,
     topic_name: str,
@@ -70,17 +78,18 @@ async def publish_command(
     app = load_app(app_path) if app_path else App("publish")
     try:
         topic = await _topic(app, settings, topic_name, ad_hoc=app_path is None)
-        for line, value in records:  # validate everything before sending anything
-            try:
-                topic.encode_value(value)
-            except PayloadError as exc:
-                where = f"line {line}" if file else "the payload"
-                raise PayloadError(f"{where}: {exc}; nothing was published") from None
-
         def key_of(value: Any) -> str | None:
             if key_field is not None and isinstance(value, dict) and key_field in value:
                 return str(value[key_field])
             return key
+
+        for line, value in records:  # validate everything before sending anything
+            try:
+                topic.encode_value(value)
+                _check_key(key_of(value))
+            except PayloadError as exc:
+                where = f"line {line}" if file else "the payload"
+                raise PayloadError(f"{where}: {exc}; nothing was published") from None
 
         if payload is not None:
             msg_id = await topic.send(records[0][1], key=key_of(records[0][1]), priority=lane)

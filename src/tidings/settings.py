@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from tidings.errors import ConfigurationError
 
@@ -67,10 +67,13 @@ class Settings(BaseSettings):
             return cls(**overrides)  # type: ignore[arg-type]
         except ValidationError as exc:
             problems = "; ".join(
-                f"TIDINGS_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-                for err in exc.errors()
+                f"TIDINGS_{str(err['loc'][0]).upper()}: {err['msg']}" for err in exc.errors()
             )
             raise ConfigurationError(f"invalid settings: {problems}") from None
+        except SettingsError as exc:  # a list or tuple variable that is not JSON
+            raise ConfigurationError(
+                f"invalid settings: {exc}; list values are JSON, e.g. TIDINGS_LANE_WEIGHTS=[6,3,1]"
+            ) from None
 
     @property
     def embedded_redis(self) -> bool:

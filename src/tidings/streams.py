@@ -38,6 +38,14 @@ redis.call('pexpire', KEYS[1], tonumber(ARGV[2]) * 3)
 return redis.call('zcard', KEYS[1])
 """
 
+# The marker and the stream share a hash tag (one slot), so this is cluster-safe.
+_ADD_ONCE = """
+if redis.call('set', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+  return redis.call('xadd', KEYS[2], '*', unpack(ARGV, 2))
+end
+return false
+"""
+
 _IDLE_FOREVER_MS = 10**12
 
 
@@ -68,6 +76,7 @@ class RedisTransport:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._join = client.register_script(_JOIN)
+        self._add_once = client.register_script(_ADD_ONCE)
 
     async def add(self, entries: Sequence[tuple[str, dict[bytes, bytes]]]) -> list[bytes]:
         if len(entries) == 1:
@@ -77,6 +86,17 @@ class RedisTransport:
         for stream, fields in entries:
             pipe.xadd(stream, fields)  # type: ignore[arg-type]
         return list(await pipe.execute())
+
+    async def add_once(
+        self, entries: Sequence[tuple[str, str, dict[bytes, bytes]]], ttl_ms: int
+    ) -> list[bytes | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for marker, stream, fields in entries:
+            args: list[bytes | int] = [ttl_ms]
+            for name, value in fields.items():
+                args += [name, value]
+            await self._add_once(keys=[marker, stream], args=args, client=pipe)
+        return [reply or None for reply in await pipe.execute()]
 
     async def create_group(self, stream: str, group: str) -> None:
         try:
@@ -213,4 +233,6 @@ class RedisTransport:
         return {_text(k): int(v) for k, v in raw.items()}
 
     async def close(self) -> None:
-        await self.client.aclose()
+        # A client built on an explicit pool (as connect_redis builds it) leaves the pool open
+        # on a plain aclose(), leaking its sockets.
+        await self.client.aclose(close_connection_pool=True)

@@ -51,6 +51,7 @@ class MemoryTransport:
         self.leases: dict[str, tuple[str, float]] = {}
         self.members: dict[str, dict[str, float]] = {}
         self.registry: dict[str, dict[str, int]] = {}
+        self.markers: dict[str, float] = {}
         self._changed = asyncio.Condition()
 
     @staticmethod
@@ -75,6 +76,19 @@ class MemoryTransport:
             ids.append(_format(ident))
         async with self._changed:
             self._changed.notify_all()
+        return ids
+
+    async def add_once(
+        self, entries: Sequence[tuple[str, str, dict[bytes, bytes]]], ttl_ms: int
+    ) -> list[bytes | None]:
+        ids: list[bytes | None] = []
+        for marker, stream, fields in entries:
+            now = self._now_ms()
+            if self.markers.get(marker, 0) > now:
+                ids.append(None)
+                continue
+            self.markers[marker] = now + ttl_ms
+            ids.extend(await self.add([(stream, fields)]))
         return ids
 
     async def create_group(self, stream: str, group: str) -> None:

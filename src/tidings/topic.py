@@ -121,8 +121,9 @@ class Topic(Generic[T]):
             id=new_id(), key=key, priority=Priority(priority), created_ms=now, enqueued_ms=now,
             trace_id=trace_id, headers=headers or {},
         )
+        fields = encode(envelope, payload)  # first: it refuses a key that is not valid text
         stream = self.keys(self.partition_for(key)).lane(envelope.priority)
-        return envelope.id, stream, encode(envelope, payload)
+        return envelope.id, stream, fields
 
     # -- producing ------------------------------------------------------------------------
 

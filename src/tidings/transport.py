@@ -47,6 +47,17 @@ class Transport(Protocol):
         """Append entries (stream, fields) in order, in one round trip; return their ids."""
         ...
 
+    async def add_once(
+        self, entries: Sequence[tuple[str, str, dict[bytes, bytes]]], ttl_ms: int
+    ) -> list[bytes | None]:
+        """Append entries (marker, stream, fields) whose marker key is not set, setting it.
+
+        Marker and append are one atomic step, so a retried publish of the same message is
+        dropped while its marker lives (``ttl_ms``); a marker shares its stream's hash tag.
+        Returns each new entry's id, or None for a duplicate.
+        """
+        ...
+
     async def create_group(self, stream: str, group: str) -> None:
         """Create the group at the start of the stream (creating the stream); idempotent."""
         ...

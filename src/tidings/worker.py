@@ -39,6 +39,7 @@ class Worker:
         concurrency: int | None = None,
         agents: list[str] | None = None,
         database: bool = True,
+        migrate: bool = True,
     ) -> None:
         if not app.agents:
             raise ConfigurationError(f"app {app.name!r} declares no agents: nothing to run")
@@ -52,6 +53,7 @@ class Worker:
         self.settings = settings
         self.consumer = consumer_name(name)
         self.database = database
+        self.migrate = migrate
         self.agents = [a for n, a in app.agents.items() if not agents or n in agents]
         if concurrency is not None:
             for agent in self.agents:
@@ -121,7 +123,10 @@ class Worker:
         from tidings import migrate
         from tidings.tables import consumers
 
-        await migrate.upgrade(self.app.engine, self.settings.database_schema)
+        if self.migrate:
+            await migrate.upgrade(self.app.engine, self.settings.database_schema)
+        else:
+            await migrate.check_current(self.app.engine, self.settings.database_schema)
         async with self.app.engine.begin() as conn:
             for agent in self.agents:
                 self._group_ids[agent.name] = await consumers.register_group(

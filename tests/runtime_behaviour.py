@@ -1,0 +1,420 @@
+"""The runtime's behaviour suite, written once and run on two transports.
+
+`tests/unit/test_runtime_memory.py` runs it on `MemoryTransport`, and
+`tests/integration/test_runtime_redis.py` on real Redis; each subclass only provides the
+`connect` fixture: a factory of transports that all reach one shared stream store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import BaseModel
+
+from tidings import App, Message, PayloadError, Priority, Reject, Settings
+from tidings.consumer import PartitionConsumer
+from tidings.message import Envelope, encode, new_id, now_ms
+from tidings.streams import RedisTransport
+from tidings.testing import Harness, MemoryTransport, running
+from tidings.transport import Transport
+
+TOPIC = "suite.jobs"
+AGENT = "suite.record"
+
+Connect = Callable[[], Transport]
+Behave = Callable[[Message[Any]], Awaitable[None]]
+
+
+class Job(BaseModel):
+    n: int
+    text: str = ""
+
+
+class Recorder:
+    """The agent's handler: remembers every call and every message it handled successfully."""
+
+    def __init__(self, behave: Behave | None = None) -> None:
+        self.behave = behave
+        self.calls: list[Message[Job]] = []
+        self.handled: list[Message[Job]] = []
+
+    async def __call__(self, message: Message[Job]) -> None:
+        self.calls.append(message)
+        if self.behave is not None:
+            await self.behave(message)
+        self.handled.append(message)
+
+
+def build(recorder: Recorder, *, partitions: int = 4, concurrency: int = 1) -> App:
+    """The pipeline under test; calling it twice gives two processes' view of one app."""
+    app = App("suite")
+    jobs = app.topic(TOPIC, model=Job, partitions=partitions)
+    app.agent(jobs, name=AGENT, concurrency=concurrency)(recorder)
+    return app
+
+
+async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition still false after {within}s")
+        await asyncio.sleep(0.01)
+
+
+async def stream_entries(
+    transport: Transport, stream: str
+) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """Every entry of one stream, oldest first (the Transport protocol has no range read)."""
+    if isinstance(transport, MemoryTransport):
+        state = transport.streams.get(stream)
+        if state is None:
+            return []
+        return [(f"{i[0]}-{i[1]}".encode(), f) for i, f in sorted(state.entries.items())]
+    assert isinstance(transport, RedisTransport)
+    return list(await transport.client.xrange(stream))
+
+
+def envelope_ids(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[str]:
+    return [Envelope.from_json(fields[b"e"]).id for _, fields in entries]
+
+
+async def pending(app: App) -> int:
+    topic = app.get_topic(TOPIC)
+    total = 0
+    for partition in range(topic.partitions):
+        for lane in topic.keys(partition).lanes:
+            total += sum(g.pending for g in await app.transport.groups(lane) if g.name == AGENT)
+    return total
+
+
+async def published(app: App) -> int:
+    topic = app.get_topic(TOPIC)
+    return sum(
+        [await app.transport.length(lane)
+         for partition in range(topic.partitions) for lane in topic.keys(partition).lanes]
+    )
+
+
+async def dead_letters(app: App, partition: int = 0) -> list[dict[bytes, bytes]]:
+    dead = app.get_topic(TOPIC).keys(partition).dead
+    return [fields for _, fields in await stream_entries(app.transport, dead)]
+
+
+def reader(harness: Harness, partition: int) -> PartitionConsumer:
+    return harness.owners[0].running[partition][0]
+
+
+def tuned(settings: Settings, **changes: Any) -> Settings:
+    return settings.model_copy(update=changes)
+
+
+async def always_fail(message: Message[Any]) -> None:
+    raise RuntimeError("provider is down")
+
+
+class RuntimeBehaviour:
+    """Publishing, consuming, redelivery, dead letters, trimming, priorities, sharing."""
+
+    @pytest.fixture
+    def settings(self, namespace: str) -> Settings:
+        return Settings(
+            namespace=namespace, block_ms=50, claim_idle_ms=300, lease_ttl_ms=600,
+            trim_interval_s=0.1, max_deliveries=3, shutdown_timeout_s=5,
+        )
+
+    # -- the happy path ---------------------------------------------------------------
+
+    async def test_published_messages_are_handled_and_acked(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        recorder = Recorder()
+        app = build(recorder)
+        async with running(app, settings, transport=connect()) as harness:
+            ids = await app.get_topic(TOPIC).send_many(
+                [Job(n=i) for i in range(40)], key=lambda job: f"customer-{job.n % 7}"
+            )
+            await harness.drain()
+            assert sorted(m.id for m in recorder.handled) == sorted(ids)
+            assert await pending(app) == 0
+
+    async def test_each_key_keeps_its_order_under_concurrent_handlers(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        in_flight, most = 0, 0
+
+        async def jitter(message: Message[Any]) -> None:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            await asyncio.sleep(random.random() / 500)
+            in_flight -= 1
+
+        recorder = Recorder(jitter)
+        app = build(recorder, partitions=4, concurrency=4)
+        async with running(app, tuned(settings, batch_size=20), transport=connect()) as harness:
+            jobs = [Job(n=i, text=f"key-{i % 8}") for i in range(320)]
+            await app.get_topic(TOPIC).send_many(jobs, key=lambda job: job.text)
+            await harness.drain(within=20)
+        by_key: dict[str | None, list[int]] = {}
+        for message in recorder.handled:
+            by_key.setdefault(message.key, []).append(message.value.n)
+        assert by_key == {f"key-{k}": list(range(k, 320, 8)) for k in range(8)}
+        assert most > 1, "handlers never ran concurrently, so order was not put to the test"
+
+    # -- failures ---------------------------------------------------------------------
+
+    async def test_a_failing_handler_leaves_its_message_pending(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        failed = asyncio.Event()
+
+        async def fail_once(message: Message[Any]) -> None:
+            if message.deliveries == 1:
+                failed.set()
+                raise RuntimeError("provider is down")
+
+        app = build(Recorder(fail_once))
+        async with running(app, tuned(settings, claim_idle_ms=2000), transport=connect()):
+            await app.get_topic(TOPIC).send(Job(n=1))
+            await asyncio.wait_for(failed.wait(), 5)
+            assert await pending(app) == 1
+            assert app.agents[AGENT].stats.failed == 1
+
+    async def test_a_failed_message_is_redelivered_with_more_deliveries_and_then_succeeds(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        async def fail_once(message: Message[Any]) -> None:
+            if message.deliveries == 1:
+                raise RuntimeError("provider is down")
+
+        recorder = Recorder(fail_once)
+        app = build(recorder)
+        async with running(app, settings, transport=connect()) as harness:
+            msg_id = await app.get_topic(TOPIC).send(Job(n=1))
+            await harness.drain()
+            assert [(m.id, m.deliveries) for m in recorder.calls] == [(msg_id, 1), (msg_id, 2)]
+            assert [m.id for m in recorder.handled] == [msg_id]
+            assert await pending(app) == 0
+
+    async def test_a_message_failing_max_deliveries_times_is_dead_lettered_as_poison(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        recorder = Recorder(always_fail)
+        app = build(recorder, partitions=1)
+        async with running(app, tuned(settings, max_deliveries=2), transport=connect()) as h:
+            msg_id = await app.get_topic(TOPIC).send(Job(n=13, text="poison"))
+            await h.drain()
+            [dead] = await dead_letters(app)
+            assert dead[b"dead.kind"] == b"poison"
+            assert Envelope.from_json(dead[b"e"]).id == msg_id
+            assert orjson.loads(dead[b"d"]) == {"n": 13, "text": "poison"}
+            assert dead[b"dead.deliveries"] == b"3"
+            assert len(recorder.calls) == 2
+            assert app.agents[AGENT].stats.poison == 1
+            assert await pending(app) == 0
+
+    async def test_a_failing_message_does_not_hold_up_the_rest_of_its_partition(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        async def poison(message: Message[Any]) -> None:
+            if message.value.text == "poison":
+                raise RuntimeError("always fails")
+
+        recorder = Recorder(poison)
+        app = build(recorder, partitions=1)
+        quick_poison = tuned(settings, max_deliveries=2, claim_idle_ms=1000)
+        async with running(app, quick_poison, transport=connect()) as harness:
+            topic = app.get_topic(TOPIC)
+            await topic.send(Job(n=0, text="poison"), key="same")
+            await until(lambda: len(recorder.calls) == 1)
+            later = await topic.send_many([Job(n=i) for i in range(1, 6)], key=lambda _: "same")
+            await until(lambda: len(recorder.handled) == 5)
+            assert [m.id for m in recorder.handled] == later
+            assert await dead_letters(app) == [], "the poison was parked before the rest moved"
+            await harness.drain()
+            assert [d[b"dead.kind"] for d in await dead_letters(app)] == [b"poison"]
+
+    async def test_reject_dead_letters_at_once_with_its_reason(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        async def refuse(message: Message[Any]) -> None:
+            raise Reject("recipient unsubscribed")
+
+        recorder = Recorder(refuse)
+        app = build(recorder, partitions=1)
+        async with running(app, settings, transport=connect()) as harness:
+            await app.get_topic(TOPIC).send(Job(n=1))
+            await harness.drain()
+            [dead] = await dead_letters(app)
+            assert dead[b"dead.kind"] == b"rejected"
+            assert dead[b"dead.reason"] == b"recipient unsubscribed"
+            assert dead[b"dead.deliveries"] == b"1"
+            assert len(recorder.calls) == 1
+            assert app.agents[AGENT].stats.rejected == 1
+            assert await pending(app) == 0
+
+    async def test_a_payload_failing_the_schema_at_consume_time_is_dead_lettered_as_invalid(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        recorder = Recorder()
+        app = build(recorder, partitions=1)
+        async with running(app, settings, transport=connect()) as harness:
+            lane = app.get_topic(TOPIC).keys(0).lane(Priority.NORMAL)
+            envelope = Envelope(id=new_id(), created_ms=now_ms(), enqueued_ms=now_ms())
+            await app.transport.add([(lane, encode(envelope, b'{"n": "twelve"}'))])
+            await harness.drain()
+            [dead] = await dead_letters(app)
+            assert dead[b"dead.kind"] == b"invalid"
+            assert dead[b"dead.reason"].startswith(b"invalid payload: n: ")
+            assert dead[b"d"] == b'{"n": "twelve"}'
+            assert app.agents[AGENT].stats.invalid == 1
+            assert recorder.calls == []
+
+    async def test_an_unknown_envelope_version_is_dead_lettered(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        recorder = Recorder()
+        app = build(recorder, partitions=1)
+        async with running(app, settings, transport=connect()) as harness:
+            lane = app.get_topic(TOPIC).keys(0).lane(Priority.NORMAL)
+            header = orjson.dumps({"v": 99, "id": new_id(), "future": "field"})
+            await app.transport.add([(lane, {b"e": header, b"d": b'{"n": 1}'})])
+            await harness.drain()
+            [dead] = await dead_letters(app)
+            assert dead[b"dead.kind"] == b"invalid"
+            assert b"envelope version 99" in dead[b"dead.reason"]
+            assert app.agents[AGENT].stats.invalid == 1
+            assert recorder.calls == []
+
+    # -- trimming ---------------------------------------------------------------------
+
+    async def test_trimming_removes_entries_every_group_has_acked(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        app = build(Recorder(), partitions=1)
+        async with running(app, settings, transport=connect()) as harness:
+            await app.get_topic(TOPIC).send_many([Job(n=i) for i in range(10)])
+            await harness.drain()
+            lane = app.get_topic(TOPIC).keys(0).lane(Priority.NORMAL)
+            await reader(harness, 0).trim()
+            # The newest entry is the floor itself (MINID keeps it); all before it went.
+            assert await app.transport.length(lane) == 1
+            assert app.agents[AGENT].stats.trimmed == 9
+
+    async def test_trimming_keeps_entries_another_group_has_not_read(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        app = build(Recorder(), partitions=1)
+        async with running(app, settings, transport=connect()) as harness:
+            lane = app.get_topic(TOPIC).keys(0).lane(Priority.NORMAL)
+            await app.transport.create_group(lane, "audit")
+            ids = await app.get_topic(TOPIC).send_many([Job(n=i) for i in range(10)])
+            await harness.drain()
+            assert await reader(harness, 0).trim() == 0
+            assert envelope_ids(await stream_entries(app.transport, lane)) == ids
+
+    async def test_trimming_keeps_entries_another_group_holds_pending(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        app = build(Recorder(), partitions=1)
+        async with running(app, settings, transport=connect()) as harness:
+            lane = app.get_topic(TOPIC).keys(0).lane(Priority.NORMAL)
+            await app.transport.create_group(lane, "audit")
+            ids = await app.get_topic(TOPIC).send_many([Job(n=i) for i in range(10)])
+            audited = await app.transport.read("audit", "auditor", [(lane, 5)])
+            await app.transport.ack(lane, "audit", [e.id for e in audited[:2]])
+            await harness.drain()
+            await reader(harness, 0).trim()
+            # Only the two entries both groups acked may go; 3-5 are pending, 6-10 unread.
+            assert envelope_ids(await stream_entries(app.transport, lane)) == ids[2:]
+
+    # -- priorities -------------------------------------------------------------------
+
+    async def test_a_flood_of_high_priority_does_not_starve_low(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        producer = build(Recorder(), partitions=1)
+        await producer.start(settings, transport=connect())
+        try:
+            topic = producer.get_topic(TOPIC)
+            await topic.send_many([Job(n=i) for i in range(2000)], priority=Priority.HIGH)
+            await topic.send_many([Job(n=i) for i in range(50)], priority=Priority.LOW)
+        finally:
+            await producer.stop()
+        recorder = Recorder()
+        app = build(recorder, partitions=1)
+        async with running(app, settings, transport=connect()) as harness:
+            await harness.drain(within=30)
+        order = [m.priority for m in recorder.handled]
+        assert order.count(Priority.LOW) == 50
+        last_low = max(i for i, p in enumerate(order) if p is Priority.LOW)
+        last_high = max(i for i, p in enumerate(order) if p is Priority.HIGH)
+        assert last_low < last_high, "low waited for the whole high flood"
+        high, _, low = settings.lane_weights
+        weight_share = low / (high + low)
+        share = 50 / (last_low + 1)
+        assert weight_share / 2 <= share <= weight_share * 2, (
+            f"low got {share:.1%} of the reads while both lanes were busy,"
+            f" its weight share is {weight_share:.1%}"
+        )
+
+    # -- producing --------------------------------------------------------------------
+
+    async def test_send_many_publishes_nothing_when_one_value_is_invalid(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        app = build(Recorder())
+        async with running(app, settings, transport=connect()):
+            values = [{"n": 0}, {"n": 1}, {"n": 2}, {"n": "three"}, {"n": 4}]
+            with pytest.raises(PayloadError, match=r"^message 3: .*\bn: "):
+                await app.get_topic(TOPIC).send_many(values)
+            assert await published(app) == 0
+
+    async def test_an_oversized_payload_is_refused(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        app = build(Recorder())
+        small = tuned(settings, max_payload_bytes=1024)
+        async with running(app, small, transport=connect()):
+            with pytest.raises(PayloadError, match="exceeds the limit of 1024 bytes"):
+                await app.get_topic(TOPIC).send(Job(n=1, text="x" * 2000))
+            assert await published(app) == 0
+
+    # -- several consumers ------------------------------------------------------------
+
+    async def test_two_consumers_split_the_partitions_between_them(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        one, two = build(Recorder()), build(Recorder())
+        async with (
+            running(one, settings, transport=connect(), consumer="consumer-one") as first,
+            running(two, settings, transport=connect(), consumer="consumer-two") as second,
+        ):
+            owners = first.owners[0], second.owners[0]
+            await until(lambda: all(len(o.owned) == 2 for o in owners))
+            assert sorted(owners[0].owned + owners[1].owned) == [0, 1, 2, 3]
+
+    async def test_two_consumers_together_handle_every_message_once(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        recorders = Recorder(), Recorder()
+        one, two = build(recorders[0]), build(recorders[1])
+        async with (
+            running(one, settings, transport=connect(), consumer="consumer-one") as first,
+            running(two, settings, transport=connect(), consumer="consumer-two") as second,
+        ):
+            owners = first.owners[0], second.owners[0]
+            await until(lambda: all(len(o.owned) == 2 for o in owners))
+            ids = await one.get_topic(TOPIC).send_many(
+                [Job(n=i) for i in range(200)], key=lambda job: f"customer-{job.n % 23}"
+            )
+            await first.drain()
+        handled = [m.id for r in recorders for m in r.handled]
+        assert sorted(handled) == sorted(ids)
+        assert all(r.handled for r in recorders), "one consumer did all the work"
