@@ -34,6 +34,12 @@ def head() -> str:
     return revision
 
 
+def revisions() -> list[str]:
+    """Every revision this tidings ships, oldest first."""
+    scripts = ScriptDirectory.from_config(_config()).walk_revisions()
+    return [script.revision for script in reversed(list(scripts))]
+
+
 async def current(engine: AsyncEngine, schema: str) -> str | None:
     """The revision ``schema`` is at; None if it was never migrated (or does not exist)."""
     async with engine.connect() as conn:

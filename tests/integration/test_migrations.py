@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.database import create_engine, ensure_schema, ping, quote_ident
 from tidings.errors import ConnectionFailed, MigrationsPending
-from tidings.migrate import check_current, current, downgrade, head, upgrade
+from tidings.migrate import check_current, current, downgrade, head, revisions, upgrade
 from tidings.tables import consumer_instances, deliveries, messages, metadata
 from tidings.tables.consumers import heartbeat, live_instances, mark_stopped, register_group
 
@@ -95,7 +95,7 @@ async def test_upgrade_creates_every_table_and_the_default_queues(
 async def test_upgrade_applies_nothing_the_second_time(
     engine: AsyncEngine, schema_name: str
 ) -> None:
-    assert await upgrade(engine, schema_name) == [head()]
+    assert await upgrade(engine, schema_name) == revisions()
     assert await upgrade(engine, schema_name) == []
     assert await current(engine, schema_name) == head()
 
@@ -103,11 +103,11 @@ async def test_upgrade_applies_nothing_the_second_time(
 async def test_downgrade_to_base_removes_the_tables_and_upgrade_works_again(
     migrated: AsyncEngine, schema_name: str
 ) -> None:
-    assert await downgrade(migrated, schema_name, "base") == [head()]
+    assert await downgrade(migrated, schema_name, "base") == revisions()[::-1]
     assert await _tables(migrated, schema_name) == {"alembic_version"}
     assert await current(migrated, schema_name) is None
 
-    assert await upgrade(migrated, schema_name) == [head()]
+    assert await upgrade(migrated, schema_name) == revisions()
     assert await _tables(migrated, schema_name) == set(metadata.tables) | {"alembic_version"}
 
 
@@ -116,7 +116,7 @@ async def test_a_schema_name_that_needs_quoting_works(database_url: str, schema_
     odd = f"{schema_name}-Odd.name"
     engine = _engine(database_url, odd)
     try:
-        assert await upgrade(engine, odd) == [head()]
+        assert await upgrade(engine, odd) == revisions()
         await check_current(engine, odd)
         assert await _tables(engine, odd) == set(metadata.tables) | {"alembic_version"}
     finally:
@@ -134,7 +134,7 @@ async def test_concurrent_upgrades_both_succeed_and_migrate_once(
     finally:
         await other.dispose()
 
-    assert sorted(results) == [[], [head()]]
+    assert sorted(results) == [[], revisions()]
     assert await current(engine, schema_name) == head()
 
 
@@ -151,7 +151,7 @@ async def test_upgrade_waits_for_a_migration_running_elsewhere(
             await asyncio.sleep(0.5)
             assert not waiting.done()
             await conn.execute(text(f"SELECT pg_advisory_unlock({lock})"), {"s": schema_name})
-            assert await asyncio.wait_for(waiting, 10) == [head()]
+            assert await asyncio.wait_for(waiting, 10) == revisions()
     finally:
         await holder.dispose()
 
