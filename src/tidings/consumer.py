@@ -17,6 +17,8 @@ from tidings.transport import Entry, Transport, min_id
 
 log = logging.getLogger("tidings.consumer")
 
+IDLE_PROBE_EVERY = 4
+
 
 def lane_counts(
     batch: int, weights: Sequence[int], busy: Sequence[bool]
@@ -60,6 +62,7 @@ class PartitionConsumer:
         self._next_claim = 0.0
         self._next_trim = 0.0
         self._batch: list[Entry] = []
+        self._round = 0
 
     def stop(self) -> None:
         """Stop reading; the batch in hand is finished and acked."""
@@ -108,12 +111,23 @@ class PartitionConsumer:
 
     async def _read(self) -> list[Entry]:
         counts = lane_counts(self.settings.batch_size, self.settings.lane_weights, self._busy)
+        self._round += 1
+        probe_idle = self._round % IDLE_PROBE_EVERY == 0 or not any(self._busy)
+        # While some lane is busy, idle lanes are asked only every few rounds: an empty read
+        # costs as much as a full one, and a few rounds are a few milliseconds of delay.
+        requests = [
+            (lane, count)
+            for lane, count, busy in zip(self.lanes, counts, self._busy, strict=True)
+            if busy or probe_idle
+        ]
         acks, self._acks = list(self._acks.items()), {}
-        entries = await self.transport.read(
-            self.agent.group, self.consumer, list(zip(self.lanes, counts, strict=True)), acks
-        )
+        entries = await self.transport.read(self.agent.group, self.consumer, requests, acks)
         streams = {e.stream for e in entries}
-        self._busy = [lane in streams for lane in self.lanes]
+        asked = {lane for lane, _ in requests}
+        self._busy = [
+            lane in streams if lane in asked else busy
+            for lane, busy in zip(self.lanes, self._busy, strict=True)
+        ]
         if entries or self.stopping:
             return entries
         return await self.transport.read(

@@ -55,6 +55,10 @@ class Topic(Generic[T]):
         self.partitions = partitions
         self._is_model = isinstance(model, type) and issubclass(model, BaseModel)
         self._lanes: dict[tuple[int, Priority], str] = {}
+        # The model's compiled validator, called directly: the classmethod wrapper costs ~20%.
+        self._validate_json: Callable[[bytes], Any] | None = (
+            model.__pydantic_validator__.validate_json if self._is_model else None  # type: ignore[union-attr]
+        )
 
     def bind(self, partitions: int) -> None:
         """Fix the partition count when the app starts (names are cached per start)."""
@@ -105,9 +109,8 @@ class Topic(Generic[T]):
     def decode_value(self, payload: bytes) -> T:
         """Turn a payload back into the topic's type; PayloadError if it no longer fits."""
         try:
-            if self._is_model:
-                model: Any = self.model
-                return model.model_validate_json(payload)  # type: ignore[no-any-return]
+            if self._validate_json is not None:
+                return self._validate_json(payload)  # type: ignore[no-any-return]
             return orjson.loads(payload)  # type: ignore[no-any-return]
         except ValidationError as exc:
             raise PayloadError(f"invalid payload: {describe_validation(exc)}") from None
