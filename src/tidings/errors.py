@@ -8,6 +8,8 @@
     ├── AppLoadError                  `MODULE:APP` could not be imported or is not an App
     ├── UnknownTopic                  a topic name nobody declared
     ├── PayloadError                  a payload that is not JSON, fails the schema or is too big
+    ├── sinks.webhook.InvalidSignature   a webhook body whose signature does not verify
+    ├── capture.http.CaptureError     the local capture server was misused (tests, demo)
     └── Signal                        control flow raised by a handler, not a failure of tidings
         └── Reject(reason)            park the message in the dead-letter stream, ack it
 

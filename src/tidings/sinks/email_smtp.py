@@ -1,0 +1,154 @@
+"""Email over SMTP with aiosmtplib: STARTTLS, AUTH, and a few connections reused across sends."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+from collections.abc import Callable
+from email.message import EmailMessage
+from email.utils import formatdate, parseaddr
+
+import aiosmtplib
+
+from tidings.errors import ConfigurationError
+from tidings.notification import Channel
+from tidings.sinks.base import PERMANENT, TRANSIENT, Delivery, Failure, SendResult, Stopwatch
+from tidings.sinks.settings import ProviderSettings
+
+SmtpFactory = Callable[[], aiosmtplib.SMTP]
+"""Returns a configured, not yet connected client; ``connect()`` does STARTTLS and AUTH."""
+
+
+def smtp_factory(
+    settings: ProviderSettings, tls_context: ssl.SSLContext | None = None
+) -> SmtpFactory:
+    """Clients configured from ``TIDINGS_SMTP_*``; ``tls_context`` overrides the CA file."""
+    if not settings.smtp_host:
+        raise ConfigurationError("email needs TIDINGS_SMTP_HOST")
+    if settings.smtp_starttls and settings.smtp_implicit_tls:
+        raise ConfigurationError("set only one of TIDINGS_SMTP_STARTTLS and "
+                                 "TIDINGS_SMTP_IMPLICIT_TLS")
+    if tls_context is None and settings.smtp_ca_file:
+        tls_context = ssl.create_default_context(cafile=settings.smtp_ca_file)
+    password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+    host = settings.smtp_host
+
+    def connect() -> aiosmtplib.SMTP:
+        return aiosmtplib.SMTP(
+            hostname=host, port=settings.smtp_port,
+            username=settings.smtp_username, password=password,
+            start_tls=settings.smtp_starttls, use_tls=settings.smtp_implicit_tls,
+            tls_context=tls_context, timeout=settings.smtp_timeout,
+        )
+
+    return connect
+
+
+def _response_failure(exc: aiosmtplib.SMTPResponseException, bad_address: bool) -> Failure:
+    kind = TRANSIENT if 400 <= exc.code < 500 else PERMANENT
+    return Failure(kind, f"SMTP {exc.code}: {exc.message}", code=str(exc.code),
+                   smtp_code=exc.code, bad_address=bad_address and kind is PERMANENT)
+
+
+def classify(exc: Exception) -> Failure:
+    """Transient or permanent, for everything a connect or a send can raise."""
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return Failure(PERMANENT, f"SMTP server refused the login ({exc.code} {exc.message}); "
+                       "check TIDINGS_SMTP_USERNAME and TIDINGS_SMTP_PASSWORD",
+                       code="auth", smtp_code=exc.code)
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+        return _response_failure(exc.recipients[0], bad_address=True)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _response_failure(exc, isinstance(exc, aiosmtplib.SMTPRecipientRefused))
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return Failure(TRANSIENT, f"SMTP server did not answer in time: {exc}", code="timeout")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Failure(PERMANENT, f"SMTP server certificate not trusted: {exc.verify_message}; "
+                       "set TIDINGS_SMTP_CA_FILE", code="tls")
+    if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected
+                  | OSError):
+        return Failure(TRANSIENT, f"SMTP connection failed: {exc}", code="connection")
+    # SMTPNotSupported and plain SMTPException: STARTTLS or AUTH missing on the server.
+    return Failure(PERMANENT, f"SMTP server cannot do what is configured: {exc}",
+                   code="unsupported")
+
+
+class SmtpEmail:
+    """Sends email through one SMTP server, keeping up to ``pool_size`` connections open.
+
+    A connection found closed when reused is replaced once, transparently. The Message-ID is
+    derived from the idempotency key, so a retried duplicate is recognisable as the same mail.
+    """
+
+    channel: Channel = "email"
+
+    def __init__(
+        self, connect: SmtpFactory, *, sender: str, pool_size: int = 2, name: str = "smtp"
+    ) -> None:
+        self.name = name
+        self._connect = connect
+        self._from = sender
+        self._envelope_from = parseaddr(sender)[1] or sender
+        self._domain = self._envelope_from.rpartition("@")[2] or "tidings.invalid"
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(pool_size)
+
+    @classmethod
+    def from_settings(
+        cls, settings: ProviderSettings, tls_context: ssl.SSLContext | None = None
+    ) -> SmtpEmail:
+        return cls(smtp_factory(settings, tls_context), sender=settings.smtp_from,
+                   pool_size=settings.smtp_pool_size)
+
+    def message(self, delivery: Delivery) -> EmailMessage:
+        content, n = delivery.content, delivery.notification
+        digest = hashlib.blake2s(delivery.idempotency_key.encode(), digest_size=16).hexdigest()
+        msg = EmailMessage()
+        msg["From"] = self._from
+        msg["To"] = delivery.address
+        msg["Subject"] = content.subject or content.title or n.type
+        msg["Date"] = formatdate(usegmt=True)
+        msg["Message-ID"] = f"<{digest}@{self._domain}>"
+        msg["X-Tidings-Type"] = n.type
+        msg["X-Tidings-Tenant"] = n.tenant
+        msg["X-Tidings-Idempotency-Key"] = delivery.idempotency_key
+        msg.set_content(content.body)
+        if content.html:
+            msg.add_alternative(content.html, subtype="html")
+        return msg
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        watch = Stopwatch(self.name, delivery)
+        try:
+            msg = self.message(delivery)
+        except (ValueError, TypeError) as exc:  # e.g. a line break in the subject
+            return watch.failed(Failure(PERMANENT, f"cannot build the email: {exc}",
+                                        code="bad_message"))
+        async with self._slots:
+            for _ in range(2):
+                reused = bool(self._idle)
+                client = self._idle.pop() if reused else self._connect()
+                try:
+                    if not reused:
+                        await client.connect()
+                    await client.send_message(msg, sender=self._envelope_from,
+                                              recipients=[delivery.address])
+                except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                    client.close()
+                    if reused and isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+                        continue  # the server closed an idle connection; use a fresh one
+                    return watch.failed(classify(exc))
+                self._idle.append(client)
+                return watch.sent(msg["Message-ID"])
+        return watch.failed(Failure(TRANSIENT, "SMTP server keeps closing connections",
+                                    code="connection"))
+
+    async def aclose(self) -> None:
+        """Say QUIT on every idle connection."""
+        idle, self._idle = self._idle, []
+        for client in idle:
+            try:
+                await client.quit()
+            except aiosmtplib.SMTPException:
+                client.close()

@@ -1,0 +1,60 @@
+"""Provider credentials and endpoints, read once from ``TIDINGS_*`` variables and passed down."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tidings.errors import ConfigurationError
+
+
+class ProviderSettings(BaseSettings):
+    """Where each channel's provider lives and how to authenticate to it.
+
+    ``TIDINGS_SMTP_HOST``, ``TIDINGS_TWILIO_ACCOUNT_SID``, ``TIDINGS_FCM_PROJECT_ID``,
+    ``TIDINGS_WEBHOOK_URL``… A provider whose settings are missing is simply not built.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_", frozen=True, extra="ignore")
+
+    # email (SMTP)
+    smtp_host: str | None = None
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = Field(True, description="Upgrade with STARTTLS (port 587)")
+    smtp_implicit_tls: bool = Field(False, description="TLS from the first byte (port 465)")
+    smtp_ca_file: str | None = Field(None, description="CA bundle to trust for the server")
+    smtp_from: str = "tidings@localhost"
+    smtp_pool_size: int = Field(2, ge=1, le=64, description="Connections kept open and reused")
+    smtp_timeout: float = Field(10.0, gt=0)
+
+    # SMS (Twilio-compatible REST)
+    twilio_base_url: str = "https://api.twilio.com"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from: str | None = Field(None, description="Sender number (E.164)")
+    twilio_messaging_service_sid: str | None = None
+
+    # push (FCM HTTP v1-compatible)
+    fcm_base_url: str = "https://fcm.googleapis.com"
+    fcm_project_id: str | None = None
+    fcm_access_token: SecretStr | None = Field(None, description="OAuth 2 bearer token")
+
+    # signed webhook
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+
+    http_timeout: float = Field(10.0, gt=0, description="Seconds per HTTP provider request")
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> ProviderSettings:
+        """Read ``TIDINGS_*`` variables; a bad value is a ConfigurationError naming it."""
+        try:
+            return cls(**overrides)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"TIDINGS_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ConfigurationError(f"invalid provider settings: {problems}") from None
