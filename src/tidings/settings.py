@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -11,6 +12,24 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from tidings.errors import ConfigurationError
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def read_env(cls: type[S], what: str, **overrides: object) -> S:
+    """Build a settings class from ``TIDINGS_*``; a bad value is one ConfigurationError naming
+    the variable (``what`` says which settings, e.g. "provider settings")."""
+    try:
+        return cls(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"TIDINGS_{str(err['loc'][0]).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid {what}: {problems}") from None
+    except SettingsError as exc:  # a list or tuple variable that is not JSON
+        raise ConfigurationError(
+            f"invalid {what}: {exc}; list values are JSON, e.g. TIDINGS_LANE_WEIGHTS=[6,3,1]"
+        ) from None
 
 
 class Settings(BaseSettings):
@@ -63,17 +82,7 @@ class Settings(BaseSettings):
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         """Read ``TIDINGS_*`` variables; a bad value is a ConfigurationError naming it."""
-        try:
-            return cls(**overrides)  # type: ignore[arg-type]
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"TIDINGS_{str(err['loc'][0]).upper()}: {err['msg']}" for err in exc.errors()
-            )
-            raise ConfigurationError(f"invalid settings: {problems}") from None
-        except SettingsError as exc:  # a list or tuple variable that is not JSON
-            raise ConfigurationError(
-                f"invalid settings: {exc}; list values are JSON, e.g. TIDINGS_LANE_WEIGHTS=[6,3,1]"
-            ) from None
+        return read_env(cls, "settings", **overrides)
 
     @property
     def embedded_redis(self) -> bool:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tidings.errors import ConfigurationError
+from tidings.settings import read_env
 
 
 class ProviderSettings(BaseSettings):
@@ -50,11 +50,4 @@ class ProviderSettings(BaseSettings):
     @classmethod
     def from_env(cls, **overrides: object) -> ProviderSettings:
         """Read ``TIDINGS_*`` variables; a bad value is a ConfigurationError naming it."""
-        try:
-            return cls(**overrides)  # type: ignore[arg-type]
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"TIDINGS_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-                for err in exc.errors()
-            )
-            raise ConfigurationError(f"invalid provider settings: {problems}") from None
+        return read_env(cls, "provider settings", **overrides)
