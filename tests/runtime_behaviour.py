@@ -18,6 +18,7 @@ import pytest
 from pydantic import BaseModel
 
 from tidings import App, Message, PayloadError, Priority, Reject, Settings
+from tidings.batch import Batch
 from tidings.consumer import PartitionConsumer
 from tidings.message import Envelope, encode, new_id, now_ms
 from tidings.streams import RedisTransport
@@ -418,3 +419,89 @@ class RuntimeBehaviour:
         handled = [m.id for r in recorders for m in r.handled]
         assert sorted(handled) == sorted(ids)
         assert all(r.handled for r in recorders), "one consumer did all the work"
+
+    # -- batch agents ------------------------------------------------------------------
+
+    async def test_a_batch_agent_acks_what_it_does_not_reject_or_fail(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        seen: list[int] = []
+
+        async def judge(batch: Batch[Job]) -> None:
+            for message in batch:
+                seen.append(message.value.n)
+                if message.value.n == 3:
+                    batch.reject(message, "three is not allowed")
+
+        app = App("suite")
+        jobs = app.topic(TOPIC, model=Job, partitions=1)
+        app.agent(jobs, name=AGENT, batch=True)(judge)
+        async with running(app, settings, transport=connect()) as harness:
+            await jobs.send_many([Job(n=i) for i in range(10)])
+            await harness.drain()
+            assert sorted(seen) == list(range(10))
+            assert await pending(app) == 0
+            dead = await dead_letters(app)
+        assert [d[b"dead.reason"] for d in dead] == [b"three is not allowed"]
+        assert app.agents[AGENT].stats.processed == 9
+
+    async def test_a_batch_agent_failing_one_message_leaves_only_that_one_pending(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        async def fail_odd(batch: Batch[Job]) -> None:
+            for message in batch:
+                if message.value.n % 2:
+                    batch.fail(message, "odd")
+
+        app = App("suite")
+        jobs = app.topic(TOPIC, model=Job, partitions=1)
+        app.agent(jobs, name=AGENT, batch=True)(fail_odd)
+        async with running(app, tuned(settings, claim_idle_ms=5000), transport=connect()):
+            await jobs.send_many([Job(n=i) for i in range(6)])
+            await until(lambda: app.agents[AGENT].stats.processed == 3)
+            await until(lambda: app.agents[AGENT].stats.failed == 3)
+            assert await pending(app) == 3
+
+    async def test_a_batch_agents_outputs_are_published_and_its_inputs_acked(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        forwarded: list[int] = []
+
+        app = App("suite")
+        jobs = app.topic(TOPIC, model=Job, partitions=2)
+        doubled = app.topic("suite.doubled", model=Job, partitions=2)
+
+        @app.agent(jobs, name=AGENT, batch=True)
+        async def double(batch: Batch[Job]) -> None:
+            for message in batch:
+                batch.send(doubled, Job(n=message.value.n * 2), key=message.key)
+
+        @app.agent(doubled, name="suite.collect")
+        async def collect(message: Message[Job]) -> None:
+            forwarded.append(message.value.n)
+
+        async with running(app, settings, transport=connect()) as harness:
+            await jobs.send_many([Job(n=i) for i in range(25)], key=lambda j: f"k{j.n % 3}")
+            await until(lambda: len(forwarded) == 25)
+            await harness.drain()
+            assert await pending(app) == 0
+        assert sorted(forwarded) == [n * 2 for n in range(25)]
+
+    async def test_a_batch_agent_that_raises_leaves_the_whole_batch_pending(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        app = App("suite")
+        jobs = app.topic(TOPIC, model=Job, partitions=1)
+        out = app.topic("suite.out", model=Job, partitions=1)
+
+        @app.agent(jobs, name=AGENT, batch=True)
+        async def broken(batch: Batch[Job]) -> None:
+            for message in batch:
+                batch.send(out, message.value)
+            raise RuntimeError("database is down")
+
+        async with running(app, tuned(settings, claim_idle_ms=5000), transport=connect()):
+            await jobs.send_many([Job(n=i) for i in range(4)])
+            await until(lambda: app.agents[AGENT].stats.failed == 4)
+            assert await pending(app) == 4
+            assert await app.transport.length(out.keys(0).lane(Priority.NORMAL)) == 0

@@ -2,6 +2,7 @@
 
 from tidings.agent import Agent
 from tidings.app import App
+from tidings.batch import Batch
 from tidings.errors import (
     AppLoadError,
     ConfigurationError,
@@ -25,6 +26,7 @@ __all__ = [
     "Agent",
     "App",
     "AppLoadError",
+    "Batch",
     "ConfigurationError",
     "ConnectionFailed",
     "EmbeddedServerError",

@@ -36,13 +36,15 @@ class Agent(Generic[T]):
     """A handler for one topic. Its name is its consumer group: one group, many processes.
 
     ``concurrency`` is how many handler calls run at once per partition; messages with the
-    same key always run one after another, in order.
+    same key always run one after another, in order. A ``batch`` agent's handler gets each
+    read batch whole, as a :class:`tidings.batch.Batch` (concurrency does not apply).
     """
 
     name: str
     topic: Topic[T]
     handler: Handler
     concurrency: int = 1
+    batch: bool = False
     stats: AgentStats = field(default_factory=AgentStats)
 
     @property

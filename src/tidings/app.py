@@ -63,9 +63,13 @@ class App:
         return topic
 
     def agent(
-        self, topic: Topic[Any], *, name: str | None = None, concurrency: int = 1
+        self, topic: Topic[Any], *, name: str | None = None, concurrency: int = 1,
+        batch: bool = False,
     ) -> Callable[[Handler], Agent[Any]]:
-        """Decorate ``async def handler(message)`` to consume ``topic`` as a consumer group."""
+        """Decorate ``async def handler(message)`` to consume ``topic`` as a consumer group.
+
+        With ``batch=True`` the handler is ``async def handler(batch: Batch)`` instead.
+        """
         if topic.app is not self:
             raise ConfigurationError(f"{topic!r} belongs to another app")
         if concurrency < 1:
@@ -75,7 +79,7 @@ class App:
             agent_name = name or f"{handler.__module__}.{handler.__qualname__}"
             if agent_name in self.agents:
                 raise ConfigurationError(f"agent {agent_name!r} is declared twice")
-            agent: Agent[Any] = Agent(agent_name, topic, handler, concurrency)
+            agent: Agent[Any] = Agent(agent_name, topic, handler, concurrency, batch)
             self.agents[agent_name] = agent
             return agent
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tidings.agent import Agent
+from tidings.batch import Batch
 from tidings.errors import PayloadError, Reject
 from tidings.message import Message, now_ms
 from tidings.settings import Settings
@@ -162,6 +163,9 @@ class PartitionConsumer:
             await self._dead_letter(entry, kind, reason)
         if not messages:
             return
+        if self.agent.batch:
+            await self._run_batch(messages)
+            return
         concurrency = self.agent.concurrency
         if concurrency <= 1 or len(messages) == 1:
             await self._run_in_order(messages)
@@ -223,6 +227,31 @@ class PartitionConsumer:
                     acks[entry.stream] = [entry.id]
                 else:
                     ack_list.append(entry.id)
+
+    async def _run_batch(self, items: list[tuple[Entry, Message[Any]]]) -> None:
+        stats = self.agent.stats
+        batch = Batch([message for _, message in items])
+        try:
+            await self.agent.handler(batch)
+            if batch.outgoing:  # outputs first: a crash before the acks redelivers the inputs
+                await self.transport.add(batch.outgoing)
+        except Exception as exc:  # the whole batch stays pending and is redelivered
+            stats.failed += len(items)
+            log.warning("batch agent %s failed on %d messages: %s: %s; they stay pending",
+                        self.agent.name, len(items), type(exc).__name__, exc)
+            return
+        for entry, message in items:
+            verdict, reason = batch.outcome(message)
+            if verdict == "ack":
+                stats.processed += 1
+                self._acks.setdefault(entry.stream, []).append(entry.id)
+            elif verdict == "reject":
+                stats.rejected += 1
+                await self._dead_letter(entry, "rejected", reason or "rejected")
+            else:
+                stats.failed += 1
+                log.warning("batch agent %s failed message %s: %s; it stays pending",
+                            self.agent.name, message.id, reason)
 
     async def _dead_letter(self, entry: Entry, kind: str, reason: str) -> None:
         fields: dict[bytes, bytes] = dict(entry.fields or {})

@@ -139,6 +139,21 @@ class Topic(Generic[T]):
         fields = encode(envelope, payload)  # first: it refuses a key that is not valid text
         return self.lane_stream(self.partition_for(key), priority), fields
 
+    def prepare(
+        self,
+        value: Any,
+        *,
+        key: str | None = None,
+        priority: Priority | str = Priority.NORMAL,
+        headers: dict[str, str] | None = None,
+        trace_id: str | None = None,
+    ) -> tuple[str, str, dict[bytes, bytes]]:
+        """Validate and encode one message: (id, stream, fields), ready to publish later."""
+        now = now_ms()
+        msg_id = new_ids(1, now)[0]
+        stream, fields = self._entry(value, key, Priority(priority), headers, trace_id, now, msg_id)
+        return msg_id, stream, fields
+
     # -- producing ------------------------------------------------------------------------
 
     async def send(
@@ -151,9 +166,9 @@ class Topic(Generic[T]):
         trace_id: str | None = None,
     ) -> str:
         """Validate and publish one message; return its id. PayloadError if it does not fit."""
-        now = now_ms()
-        msg_id = new_ids(1, now)[0]
-        stream, fields = self._entry(value, key, Priority(priority), headers, trace_id, now, msg_id)
+        msg_id, stream, fields = self.prepare(
+            value, key=key, priority=priority, headers=headers, trace_id=trace_id
+        )
         await self.app.transport.add([(stream, fields)])
         return msg_id
 
