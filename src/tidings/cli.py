@@ -160,6 +160,31 @@ def publish(
                         out))
 
 
+@cli.command()
+def graph(
+    path: Annotated[str, typer.Argument(metavar="MODULE:PIPELINE", help="The Pipeline to show.")],
+    mermaid: Annotated[bool, typer.Option("--mermaid", help="Only the Mermaid diagram.")] = False,
+) -> None:
+    """Print a pipeline's stages and topics as text and as a Mermaid diagram."""
+    from tidings.errors import AppLoadError
+    from tidings.loading import load_object
+    from tidings.pipelines import Pipeline
+
+    async def main() -> None:
+        pipeline = load_object(path, "PIPELINE")
+        if not isinstance(pipeline, Pipeline):
+            kind = type(pipeline).__name__
+            raise AppLoadError(f"{path} is a {kind}, not a tidings.pipelines.Pipeline")
+        if not pipeline.built:
+            pipeline.build()
+        if not mermaid:
+            out.print(pipeline.describe(), highlight=False)
+            out.print()
+        out.print(pipeline.mermaid(), highlight=False, soft_wrap=True)
+
+    run(main())
+
+
 @embedded_cli.command("status")
 def embedded_status() -> None:
     """Show the embedded servers of TIDINGS_HOME and where their data lives."""

@@ -12,9 +12,17 @@ from tidings.errors import AppLoadError
 
 def load_app(path: str) -> App:
     """Import ``package.module:app`` (the current directory is importable, as for uvicorn)."""
+    app = load_object(path, "APP")
+    if not isinstance(app, App):
+        raise AppLoadError(f"{path} is a {type(app).__name__}, not a tidings.App")
+    return app
+
+
+def load_object(path: str, what: str) -> object:
+    """Import ``package.module:attribute``; ``what`` names the expected kind in errors."""
     module_name, sep, attribute = path.partition(":")
     if not sep or not module_name or not attribute:
-        raise AppLoadError(f"{path!r} is not MODULE:APP, e.g. `myproject.pipeline:app`")
+        raise AppLoadError(f"{path!r} is not MODULE:{what}, e.g. `myproject.pipeline:app`")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -27,9 +35,6 @@ def load_app(path: str) -> App:
             ) from None
         raise AppLoadError(f"importing {module_name!r} failed: {exc}") from exc
     try:
-        app = getattr(module, attribute)
+        return getattr(module, attribute)
     except AttributeError:
         raise AppLoadError(f"module {module_name!r} has no attribute {attribute!r}") from None
-    if not isinstance(app, App):
-        raise AppLoadError(f"{path} is a {type(app).__name__}, not a tidings.App")
-    return app

@@ -1,0 +1,168 @@
+"""The pipeline graph: validation when built, introspection, and stages running end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+
+import pytest
+from pydantic import BaseModel
+
+from tidings import App, Settings
+from tidings.pipelines import GraphError, Item, Pipeline
+from tidings.testing import running
+
+
+class Note(BaseModel):
+    text: str
+    channels: list[str] = []
+
+
+async def keep(items: list[Item]) -> list[Item]:
+    return items
+
+
+async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition still false"
+        await asyncio.sleep(0.01)
+
+
+def two_stage(app: App) -> Pipeline:
+    intake = app.topic("g.intake", model=Note)
+    email = app.topic("g.email", model=Note)
+    pipeline = Pipeline(app, "g")
+    pipeline.stage("route", source=intake, steps=[keep], outputs={"email": email})
+    pipeline.stage("send", source=email, steps=[keep], terminal=True)
+    return pipeline
+
+
+def test_a_well_formed_graph_builds_and_registers_one_batch_agent_per_stage() -> None:
+    app = App("g")
+    two_stage(app).build()
+    assert sorted(app.agents) == ["g.route", "g.send"]
+    assert all(agent.batch for agent in app.agents.values())
+
+
+def test_an_output_topic_the_app_does_not_declare_is_an_error() -> None:
+    app, other = App("g"), App("other")
+    pipeline = Pipeline(app, "g")
+    pipeline.stage("route", source=app.topic("g.intake"), steps=[keep],
+                   outputs={"email": other.topic("g.email")})
+    expected = re.escape("output 'email' topic 'g.email', which app 'g' does")
+    with pytest.raises(GraphError, match=expected):
+        pipeline.build()
+
+
+def test_a_stage_with_no_way_out_is_an_error() -> None:
+    app = App("g")
+    pipeline = Pipeline(app, "g")
+    pipeline.stage("route", source=app.topic("g.intake"), steps=[keep])
+    with pytest.raises(GraphError, match="stage 'route' has no way out"):
+        pipeline.build()
+
+
+def test_a_topic_written_but_never_read_is_an_error() -> None:
+    app = App("g")
+    pipeline = Pipeline(app, "g")
+    pipeline.stage("route", source=app.topic("g.intake"), steps=[keep],
+                   outputs={"sms": app.topic("g.sms")})
+    with pytest.raises(GraphError, match=r"writes 'g\.sms' .* but no stage reads it"):
+        pipeline.build()
+
+
+def test_a_cycle_is_an_error_that_names_the_loop() -> None:
+    app = App("g")
+    a, b = app.topic("g.a"), app.topic("g.b")
+    pipeline = Pipeline(app, "g")
+    pipeline.stage("one", source=a, steps=[keep], outputs={"next": b})
+    pipeline.stage("two", source=b, steps=[keep], outputs={"back": a})
+    with pytest.raises(GraphError, match=re.escape("cycle: g.a -> g.b -> g.a")):
+        pipeline.build()
+
+
+def test_a_stage_declared_twice_is_an_error() -> None:
+    app = App("g")
+    pipeline = two_stage(app)
+    with pytest.raises(GraphError, match="declares stage 'send' twice"):
+        pipeline.stage("send", source=app.topics["g.email"], steps=[keep], terminal=True)
+
+
+def test_the_graph_describes_itself_as_text_and_mermaid() -> None:
+    pipeline = two_stage(App("g")).build()
+    text = pipeline.describe()
+    assert "stage route: reads g.intake" in text
+    assert "output email -> g.email" in text
+    mermaid = pipeline.mermaid()
+    assert mermaid.startswith("flowchart LR")
+    assert '[("g.intake")]' in mermaid
+    assert "-->|email|" in mermaid
+
+
+async def test_items_flow_through_stages_fan_out_and_drops_are_reported() -> None:
+    app = App("g")
+    intake = app.topic("g.intake", model=Note, partitions=2)
+    email = app.topic("g.email", model=Note, partitions=2)
+    sms = app.topic("g.sms", model=Note, partitions=2)
+    dropped: list[str] = []
+    sent: list[tuple[str, str]] = []
+
+    async def fan_out(items: list[Item]) -> list[Item]:
+        out = []
+        for item in items:
+            if not item.value.channels:
+                item.drop("no channel")
+                out.append(item)
+            for channel in item.value.channels:
+                split = item.split(item.value, channel=channel)
+                split.route(channel)
+                out.append(split)
+        return out
+
+    async def record_drops(items: list[Item]) -> None:
+        dropped.extend(f"{i.value.text}: {i.dropped}" for i in items)
+
+    def sender(channel: str):  # type: ignore[no-untyped-def]
+        async def send(items: list[Item]) -> list[Item]:
+            sent.extend((channel, i.value.text) for i in items)
+            return items
+        send.__name__ = f"send_{channel}"
+        return send
+
+    pipeline = Pipeline(app, "g")
+    pipeline.stage("route", source=intake, steps=[fan_out], outputs={"email": email, "sms": sms},
+                   on_drop=record_drops)
+    pipeline.stage("email", source=email, steps=[sender("email")], terminal=True)
+    pipeline.stage("sms", source=sms, steps=[sender("sms")], terminal=True)
+    pipeline.build()
+    settings = Settings(namespace="g", block_ms=20)
+    async with running(app, settings) as harness:
+        await intake.send_many([
+            Note(text="a", channels=["email", "sms"]), Note(text="b", channels=["sms"]),
+            Note(text="c"),
+        ])
+        await until(lambda: len(sent) == 3 and len(dropped) == 1)
+        await harness.drain()
+    assert sorted(sent) == [("email", "a"), ("sms", "a"), ("sms", "b")]
+    assert dropped == ["c: no channel"]
+
+
+async def test_a_step_that_loses_an_item_dead_letters_its_message() -> None:
+    app = App("g")
+    intake = app.topic("g.intake", model=Note, partitions=1)
+
+    async def lose_everything(items: list[Item]) -> list[Item]:
+        return []
+
+    pipeline = Pipeline(app, "g")
+    pipeline.stage("leaky", source=intake, steps=[lose_everything], terminal=True)
+    pipeline.build()
+    async with running(app, Settings(namespace="g", block_ms=20)) as harness:
+        await intake.send(Note(text="x"))
+        await harness.drain()
+        dead = await app.transport.length(intake.keys(0).dead)
+    assert dead == 1
+    assert app.agents["g.leaky"].stats.rejected == 1
