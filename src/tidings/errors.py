@@ -2,11 +2,14 @@
 
     TidingsError                      every error tidings raises on purpose
     ├── ConfigurationError            settings or a URL that cannot work as given
+    │   ├── pipelines.GraphError      a pipeline graph that cannot work as declared
+    │   └── scheduling.calendar.InvalidSchedule   a bad cron expression, duration or zone
     ├── ConnectionFailed              Redis or PostgreSQL could not be reached
     ├── MigrationsPending             the database schema is older than this code
     ├── EmbeddedServerError           the embedded Redis / PostgreSQL would not start or stop
     ├── AppLoadError                  `MODULE:APP` could not be imported or is not an App
     ├── UnknownTopic                  a topic name nobody declared
+    ├── scheduling.schedule.UnknownSchedule   a schedule name that does not exist
     ├── PayloadError                  a payload that is not JSON, fails the schema or is too big
     ├── sinks.webhook.InvalidSignature   a webhook body whose signature does not verify
     ├── capture.http.CaptureError     the local capture server was misused (tests, demo)

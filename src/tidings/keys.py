@@ -42,6 +42,10 @@ class PartitionKeys:
     def lease(self, group: str) -> str:
         return f"{self.tag}:lease:{group}"
 
+    def sent(self, message_id: str) -> str:
+        """Marker that a message id was already published here (idempotent publishing)."""
+        return f"{self.tag}:sent:{message_id}"
+
 
 def members(namespace: str, topic: str, group: str) -> str:
     """Sorted set of the live consumers of one agent's group (score = expiry in ms)."""

@@ -8,6 +8,7 @@ from tidings.tables.common import metadata
 from tidings.tables.consumers import consumer_groups, consumer_instances
 from tidings.tables.ledger import deliveries, messages
 from tidings.tables.queues import queue_configs
+from tidings.tables.schedules import outbox, schedule_fires, schedules
 
 __all__ = [
     "consumer_groups",
@@ -16,5 +17,8 @@ __all__ = [
     "delivery_stats_minute",
     "messages",
     "metadata",
+    "outbox",
     "queue_configs",
+    "schedule_fires",
+    "schedules",
 ]

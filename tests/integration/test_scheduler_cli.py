@@ -1,0 +1,120 @@
+"""`tidings schedules …` against real PostgreSQL: tables, --json, one-line errors, preview."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from tidings.cli import cli
+from tidings.database import create_engine, quote_ident
+from tidings.migrate import upgrade
+
+pytestmark = [pytest.mark.postgres]
+
+
+@pytest.fixture
+def env(
+    database_url: str, redis_url: str, schema_name: str, namespace: str
+) -> Iterator[dict[str, str]]:
+    async def migrate(drop: bool) -> None:
+        engine = create_engine(database_url, schema=schema_name, pool_size=1, connect_timeout=5)
+        try:
+            if drop:
+                async with engine.begin() as conn:
+                    await conn.execute(text(f"DROP SCHEMA {quote_ident(schema_name)} CASCADE"))
+            else:
+                await upgrade(engine, schema_name)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(migrate(drop=False))
+    yield {
+        "TIDINGS_DATABASE_URL": database_url, "TIDINGS_REDIS_URL": redis_url,
+        "TIDINGS_DATABASE_SCHEMA": schema_name, "TIDINGS_NAMESPACE": namespace,
+        "COLUMNS": "200",
+    }
+    asyncio.run(migrate(drop=True))
+
+
+def tidings(env: dict[str, str], *args: str, ok: bool = True) -> str:
+    result = CliRunner().invoke(cli, ["schedules", *args], env=env)
+    assert (result.exit_code == 0) == ok, result.output
+    return result.output
+
+
+def test_add_list_show_as_json(env: dict[str, str]) -> None:
+    added = json.loads(tidings(
+        env, "add", "standup", "--cron", "0 9 * * 1-5", "--tz", "Europe/London",
+        "--topic", "reminders", "--payload", '{"text": "stand up"}', "--key", "team-1", "--json",
+    ))
+    listed = json.loads(tidings(env, "list", "--json"))
+    shown = json.loads(tidings(env, "show", "standup", "--json"))
+
+    assert added["state"] == "active"
+    assert added["timezone"] == "Europe/London"
+    assert [s["name"] for s in listed] == ["standup"]
+    assert shown["payload"] == {"text": "stand up"}
+    assert shown["fires"] == []
+
+
+def test_the_table_shows_the_next_fire_in_the_schedules_zone(env: dict[str, str]) -> None:
+    tidings(env, "add", "nightly", "--cron", "30 2 * * *", "--tz", "Australia/Sydney",
+            "--topic", "reports")
+    table = tidings(env, "list")
+    assert "nightly" in table
+    assert "Australia/Sydney" in table
+    assert "02:30:00+1" in table
+
+
+def test_update_pause_resume_cancel(env: dict[str, str]) -> None:
+    tidings(env, "add", "digest", "--cron", "0 8 * * *", "--topic", "mail")
+    updated = json.loads(tidings(env, "update", "digest", "--tz", "America/New_York", "--json"))
+    states = [
+        json.loads(tidings(env, verb, "digest", "--json"))["state"]
+        for verb in ("pause", "resume", "cancel")
+    ]
+
+    assert updated["timezone"] == "America/New_York"
+    assert updated["next_fire_at"].endswith(("T13:00:00+00:00", "T12:00:00+00:00"))
+    assert states == ["paused", "active", "cancelled"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["add", "x", "--cron", "0 25 * * *", "--topic", "t"], "invalid cron expression '0 25"),
+        (["add", "x", "--cron", "* * *", "--topic", "t"], "has 3 fields"),
+        (["add", "x", "--cron", "0 9 * * *", "--tz", "Europe/Lundon", "--topic", "t"],
+         "unknown time zone 'Europe/Lundon'"),
+        (["add", "x", "--every", "5 min", "--topic", "t"], "is not a duration"),
+        (["add", "x", "--cron", "* * * * *", "--every", "1m", "--topic", "t"], "exactly one of"),
+        (["show", "ghost"], "no schedule named 'ghost'"),
+    ],
+)
+def test_mistakes_are_one_clear_line(env: dict[str, str], args: list[str], message: str) -> None:
+    output = tidings(env, *args, ok=False)
+    assert message in output
+    assert output.strip().count("\n") == 0, output
+
+
+def test_preview_prints_iso_times_with_offsets_one_per_line() -> None:
+    output = tidings({}, "preview", "--cron", "30 1 * * *", "--tz", "Europe/London",
+                     "--from", "2024-03-30T12:00", "--count", "3")
+    assert output.splitlines() == [
+        "2024-03-31T02:00:00+01:00", "2024-04-01T01:30:00+01:00", "2024-04-02T01:30:00+01:00",
+    ]
+    as_json = tidings({}, "preview", "--cron", "0 0 29 2 *", "--from", "2025-01-01", "--count",
+                      "2", "--json")
+    assert json.loads(as_json) == ["2028-02-29T00:00:00+00:00", "2032-02-29T00:00:00+00:00"]
+
+
+def test_preview_rejects_an_unknown_zone() -> None:
+    output = tidings({}, "preview", "--cron", "0 * * * *", "--tz", "Mars/Base", ok=False)
+    assert output.strip() == (
+        "error: unknown time zone 'Mars/Base': use an IANA name such as 'Europe/London' or 'UTC'"
+    )
