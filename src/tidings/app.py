@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from tidings.topic import Topic
 from tidings.transport import Transport
 
 T = TypeVar("T")
+Hook = Callable[["App"], Awaitable[None]]
 log = logging.getLogger("tidings.app")
 
 
@@ -44,6 +45,8 @@ class App:
         self._engine: AsyncEngine | None = None
         self.redis_url: str | None = None
         self.features: RedisFeatures | None = None
+        self._on_start: list[Hook] = []
+        self._on_stop: list[Hook] = []
 
     def __repr__(self) -> str:
         return f"App({self.name!r}, topics={list(self.topics)}, agents={list(self.agents)})"
@@ -84,6 +87,16 @@ class App:
             return agent
 
         return register
+
+    def on_start(self, hook: Hook) -> Hook:
+        """Run ``hook(app)`` once connections are open (build services that need them)."""
+        self._on_start.append(hook)
+        return hook
+
+    def on_stop(self, hook: Hook) -> Hook:
+        """Run ``hook(app)`` before connections close (flush buffers, close clients)."""
+        self._on_stop.append(hook)
+        return hook
 
     def get_topic(self, name: str) -> Topic[Any]:
         try:
@@ -142,6 +155,8 @@ class App:
             await self._register_topics()
             if database:
                 await self._open_database(settings)
+            for hook in self._on_start:
+                await hook(self)
         except BaseException:
             await self.stop()
             raise
@@ -173,6 +188,14 @@ class App:
                 )
 
     async def stop(self) -> None:
+        try:
+            if self._transport is not None:
+                for hook in reversed(self._on_stop):
+                    await hook(self)
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
         transport, self._transport = self._transport, None
         engine, self._engine = self._engine, None
         if transport is not None:
