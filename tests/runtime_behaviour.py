@@ -505,3 +505,43 @@ class RuntimeBehaviour:
             await until(lambda: app.agents[AGENT].stats.failed == 4)
             assert await pending(app) == 4
             assert await app.transport.length(out.keys(0).lane(Priority.NORMAL)) == 0
+
+    # -- recovery (regressions found in review) ----------------------------------------
+
+    async def test_a_batch_slower_than_the_claim_idle_time_is_not_run_twice(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        async def slow(message: Message[Any]) -> None:
+            await asyncio.sleep(0.04)
+
+        recorder = Recorder(slow)
+        app = build(recorder, partitions=1)
+        quick_claims = tuned(settings, claim_idle_ms=200, batch_size=10)
+        async with running(app, quick_claims, transport=connect()) as harness:
+            await app.get_topic(TOPIC).send_many([Job(n=i) for i in range(10)])
+            await harness.drain(within=10)
+        calls = [m.value.n for m in recorder.calls]
+        assert sorted(calls) == list(range(10)), "a finished message was handled again"
+
+    async def test_a_partition_is_not_taken_over_while_its_reader_finishes_a_slow_batch(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def hold(message: Message[Any]) -> None:
+            started.set()
+            await release.wait()
+
+        app = build(Recorder(hold), partitions=1)
+        short_leases = tuned(settings, lease_ttl_ms=300, shutdown_timeout_s=10)
+        async with running(app, short_leases, transport=connect(), consumer="a") as first:
+            await app.get_topic(TOPIC).send(Job(n=1))
+            await asyncio.wait_for(started.wait(), 5)
+            stopping = asyncio.create_task(first.owners[0].stop())
+            await asyncio.sleep(1.0)  # three lease lifetimes: only renewals keep it ours
+            lease = app.get_topic(TOPIC).keys(0).lease(AGENT)
+            assert not await app.transport.acquire_lease(lease, "b", 300)
+            release.set()
+            await stopping
+            assert first.owners[0].leaving == {}
+            assert first.owners[0].running == {}

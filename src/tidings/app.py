@@ -167,10 +167,15 @@ class App:
         try:
             self.features = await detect_features(client)
         except BaseException:
-            await client.aclose()
+            await client.aclose(close_connection_pool=True)
             raise
         self.redis_url = url
-        return RedisTransport(client)
+        try:
+            blocking = await connect_redis(url, settings)
+        except BaseException:
+            await client.aclose(close_connection_pool=True)
+            raise
+        return RedisTransport(client, blocking)
 
     async def _open_database(self, settings: Settings) -> None:
         self._engine = await open_database(settings)

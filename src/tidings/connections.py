@@ -91,7 +91,7 @@ async def connect_redis(url: str, settings: Settings) -> Redis:
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
-        await client.aclose()
+        await client.aclose(close_connection_pool=True)
         raise ConnectionFailed(
             f"cannot reach Redis at {redacted(url)}: {str(exc).rstrip('.')}. Check"
             " TIDINGS_REDIS_URL, or unset it"

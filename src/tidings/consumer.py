@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
 import zlib
 from collections.abc import Sequence
@@ -63,6 +65,8 @@ class PartitionConsumer:
         self._next_claim = 0.0
         self._next_trim = 0.0
         self._batch: list[Entry] = []
+        # Set by the partition's owner whenever the lease is renewed (monotonic seconds).
+        self.lease_until = math.inf
         self._round = 0
 
     def stop(self) -> None:
@@ -81,6 +85,10 @@ class PartitionConsumer:
         backoff = 0.0
         try:
             while not self.stopping:
+                if time.monotonic() > self.lease_until:
+                    log.warning("lease on %s for %s lapsed: stopping this reader so no two"
+                                " processes read it", self.keys.tag, self.agent.group)
+                    break
                 try:
                     await self._maintain()
                     entries = await self._read()
@@ -89,8 +97,8 @@ class PartitionConsumer:
                     backoff = 0.0
                 except Exception as exc:  # Redis away or a bug: keep the partition, retry
                     if "NOGROUP" in str(exc):  # stream or group deleted under us: recreate
-                        await self.start()
-                        continue
+                        with contextlib.suppress(Exception):
+                            await self.start()
                     backoff = min(max(backoff * 2, 0.1), 5.0)
                     log.error("consumer of %s failed (%s: %s); retrying in %.1fs",
                               self.keys.tag, type(exc).__name__, exc, backoff)
@@ -122,7 +130,12 @@ class PartitionConsumer:
             if busy or probe_idle
         ]
         acks, self._acks = list(self._acks.items()), {}
-        entries = await self.transport.read(self.agent.group, self.consumer, requests, acks)
+        try:
+            entries = await self.transport.read(self.agent.group, self.consumer, requests, acks)
+        except BaseException:  # keep the acks for the next attempt; losing them means rework
+            for stream, ids in acks:
+                self._acks.setdefault(stream, [])[:0] = ids
+            raise
         streams = {e.stream for e in entries}
         asked = {lane for lane, _ in requests}
         self._busy = [
@@ -140,9 +153,13 @@ class PartitionConsumer:
         )
 
     async def _flush_acks(self) -> None:
-        acks, self._acks = self._acks, {}
-        for stream, ids in acks.items():
-            await asyncio.shield(self.transport.ack(stream, self.agent.group, ids))
+        for stream in list(self._acks):
+            ids = self._acks.pop(stream)
+            try:
+                await asyncio.shield(self.transport.ack(stream, self.agent.group, ids))
+            except BaseException:  # not acked: keep them for the next try
+                self._acks.setdefault(stream, [])[:0] = ids
+                raise
 
     # -- handling -------------------------------------------------------------------------
 
@@ -275,6 +292,9 @@ class PartitionConsumer:
         now = time.monotonic()
         if now >= self._next_claim:
             self._next_claim = now + max(self.settings.claim_idle_ms / 4000, 0.05)
+            # Ack first: a batch slower than claim_idle_ms would otherwise be reclaimed, and
+            # run again, by this very consumer.
+            await self._flush_acks()
             await self.reclaim()
         if now >= self._next_trim:
             self._next_trim = now + self.settings.trim_interval_s
@@ -320,4 +340,8 @@ class PartitionConsumer:
 
     async def release(self, ids_by_stream: dict[str, list[bytes]]) -> None:
         for stream, ids in ids_by_stream.items():
-            await self.transport.release(stream, self.agent.group, self.consumer, ids)
+            try:  # each stream on its own: one failure must not keep the rest
+                await self.transport.release(stream, self.agent.group, self.consumer, ids)
+            except Exception as exc:
+                log.error("could not hand back %d entries of %s (%s); they are reclaimed after"
+                          " TIDINGS_CLAIM_IDLE_MS", len(ids), stream, exc)

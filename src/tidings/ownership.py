@@ -1,9 +1,13 @@
 """Partition ownership: each partition of an agent's topic is read by one process at a time.
 
-A process joins the agent's member set, then holds a lease per partition it owns and renews it.
-Each process aims for ceil(partitions / live members), taking free partitions and handing
+A process joins the agent's member set, then holds a lease per partition it owns and renews
+it. Each process aims for ceil(partitions / live members), taking free partitions and handing
 back extras, so work spreads as processes come and go and a crashed process's partitions are
 picked up when its leases expire. One reader per partition is what keeps per-key order.
+
+Leases are renewed for as long as a partition's reader runs, including while it finishes its
+last batch after being told to stop; a reader whose lease could not be renewed in time stops
+by itself, so two processes never keep reading one partition.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 import zlib
 from typing import Any
 
@@ -37,7 +42,9 @@ class PartitionOwner:
         topic = agent.topic
         self.members_key = keys.members(topic.app.namespace, topic.name, agent.group)
         self.running: dict[int, tuple[PartitionConsumer, asyncio.Task[None]]] = {}
-        self._stopping = asyncio.Event()
+        self.leaving: dict[int, asyncio.Task[None]] = {}
+        self._loop: asyncio.Task[None] | None = None
+        self._interval = settings.lease_ttl_ms / 3000
         # Start the scan at a different partition in each process so they rarely collide.
         self._offset = zlib.crc32(consumer.encode())
 
@@ -45,36 +52,97 @@ class PartitionOwner:
     def owned(self) -> list[int]:
         return sorted(self.running)
 
-    async def run(self) -> None:
-        interval = self.settings.lease_ttl_ms / 3000
-        while not self._stopping.is_set():
-            await self.rebalance()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=interval)
+    def _lease(self, partition: int) -> str:
+        return self.agent.topic.keys(partition).lease(self.agent.group)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take a first share of the partitions, then keep rebalancing in the background."""
+        await self.rebalance()
+        self._loop = asyncio.create_task(self._run(), name=f"owner:{self.agent.name}")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.rebalance()
+            except Exception as exc:  # Redis away: readers stop themselves if leases lapse
+                log.error("rebalancing %s failed (%s: %s); retrying", self.agent.name,
+                          type(exc).__name__, exc)
+
+    async def stop(self) -> None:
+        """Stop rebalancing, let in-flight batches finish within the deadline (leases kept
+        alive meanwhile), hand the partitions back, and leave the member set."""
+        if self._loop is not None:
+            self._loop.cancel()
+            await asyncio.gather(self._loop, return_exceptions=True)
+            self._loop = None
+        for partition in list(self.running):
+            self._leave(partition)
+        renewer = asyncio.create_task(self._renew_while_leaving())
+        try:
+            await asyncio.gather(*self.leaving.values(), return_exceptions=True)
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.transport.leave(self.members_key, self.consumer)
+
+    def cancel_now(self) -> None:
+        """Cancel in-flight handlers; their messages are handed back, not lost."""
+        for _, task in self.running.values():
+            task.cancel()
+        for task in self.leaving.values():
+            task.cancel()
+
+    # -- rebalancing ----------------------------------------------------------------------
 
     async def rebalance(self) -> None:
         ttl = self.settings.lease_ttl_ms
         alive = await self.transport.join(self.members_key, self.consumer, ttl)
         await self._reap_finished()
-        for partition in list(self.running):
-            lease = self.agent.topic.keys(partition).lease(self.agent.group)
-            if not await self.transport.renew_lease(lease, self.consumer, ttl):
-                log.warning("%s lost partition %d of %s", self.consumer, partition,
-                            self.agent.topic.name)
-                await self._stop_partition(partition, release=False)
+        await self._renew()
         partitions = self.agent.topic.partitions
         target = math.ceil(partitions / max(alive, 1))
         for partition in sorted(self.running, reverse=True)[: max(len(self.running) - target, 0)]:
-            await self._stop_partition(partition, release=True)
+            self._leave(partition)
         for step in range(partitions):
             if len(self.running) >= target:
                 break
             partition = (self._offset + step) % partitions
-            if partition in self.running:
+            if partition in self.running or partition in self.leaving:
                 continue
-            lease = self.agent.topic.keys(partition).lease(self.agent.group)
-            if await self.transport.acquire_lease(lease, self.consumer, ttl):
+            if await self.transport.acquire_lease(self._lease(partition), self.consumer, ttl):
                 await self._start_partition(partition)
+
+    async def _renew(self) -> None:
+        partitions = [*self.running, *self.leaving]
+        if not partitions:
+            return
+        ttl = self.settings.lease_ttl_ms
+        asked = time.monotonic()
+        renewed = await self.transport.renew_leases(
+            [self._lease(p) for p in partitions], self.consumer, ttl
+        )
+        for partition, ok in zip(partitions, renewed, strict=True):
+            entry = self.running.get(partition)
+            if entry is None:
+                continue
+            if ok:
+                entry[0].lease_until = asked + ttl / 1000
+            else:
+                log.warning("%s lost partition %d of %s", self.consumer, partition,
+                            self.agent.topic.name)
+                self._leave(partition)
+
+    async def _renew_while_leaving(self) -> None:
+        while self.leaving:
+            try:
+                await self._renew()
+            except Exception as exc:
+                log.error("renewing leases while stopping failed: %s", exc)
+            await asyncio.sleep(self._interval)
 
     async def _reap_finished(self) -> None:
         for partition, (_, task) in list(self.running.items()):
@@ -83,54 +151,44 @@ class PartitionOwner:
                 if not task.cancelled() and task.exception() is not None:
                     log.error("consumer of partition %d of %s crashed: %r", partition,
                               self.agent.topic.name, task.exception())
-                lease = self.agent.topic.keys(partition).lease(self.agent.group)
-                await self.transport.release_lease(lease, self.consumer)
+                await self.transport.release_lease(self._lease(partition), self.consumer)
 
     async def _start_partition(self, partition: int) -> None:
         reader = PartitionConsumer(
             self.agent, partition, self.consumer, self.transport, self.settings
         )
-        await reader.start()
+        reader.lease_until = time.monotonic() + self.settings.lease_ttl_ms / 1000
+        try:
+            await reader.start()
+        except BaseException:
+            await self.transport.release_lease(self._lease(partition), self.consumer)
+            raise
         task = asyncio.create_task(reader.run(), name=f"{self.agent.name}[{partition}]")
         self.running[partition] = (reader, task)
         log.debug("%s took partition %d of %s", self.consumer, partition, self.agent.topic.name)
 
-    async def _stop_partition(self, partition: int, *, release: bool) -> None:
+    def _leave(self, partition: int) -> None:
+        """Stop a partition's reader in the background; its lease is renewed until it is done,
+        then released."""
         reader, task = self.running.pop(partition)
         reader.stop()
-        await self._finish(task)
-        if release:
-            lease = self.agent.topic.keys(partition).lease(self.agent.group)
-            await self.transport.release_lease(lease, self.consumer)
+        self.leaving[partition] = asyncio.create_task(self._finish(partition, task))
 
-    async def _finish(self, task: asyncio.Task[None]) -> None:
+    async def _finish(self, partition: int, task: asyncio.Task[None]) -> None:
         try:
-            await asyncio.wait_for(asyncio.shield(task), self.settings.shutdown_timeout_s)
-        except TimeoutError:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        except Exception as exc:
-            log.error("consumer stopped with an error: %r", exc)
-
-    def cancel_now(self) -> None:
-        """Cancel in-flight handlers; their messages are handed back, not lost."""
-        for _, task in self.running.values():
-            task.cancel()
-
-    async def stop(self) -> None:
-        """Stop reading, let in-flight batches finish within the deadline, hand partitions back."""
-        self._stopping.set()
-        for reader, _ in self.running.values():
-            reader.stop()
-        deadline = self.settings.shutdown_timeout_s
-        tasks = [task for _, task in self.running.values()]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=deadline)
-            for task in pending:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.settings.shutdown_timeout_s)
+            except TimeoutError:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for partition in list(self.running):
-            lease = self.agent.topic.keys(partition).lease(self.agent.group)
-            await self.transport.release_lease(lease, self.consumer)
-        self.running.clear()
-        await self.transport.leave(self.members_key, self.consumer)
+            except asyncio.CancelledError:
+                task.cancel()
+                raise
+            except Exception as exc:
+                log.error("consumer of partition %d of %s stopped with an error: %r",
+                          partition, self.agent.topic.name, exc)
+            finally:
+                await asyncio.gather(task, return_exceptions=True)
+        finally:
+            self.leaving.pop(partition, None)
+            with contextlib.suppress(Exception):
+                await self.transport.release_lease(self._lease(partition), self.consumer)

@@ -12,7 +12,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from tidings.transport import Claimed, Entry, GroupState, min_id
+from tidings.transport import Claimed, Entry, GroupState
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -61,6 +61,15 @@ def _bytes(value: object) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
+def _entries(replies: list[Any]) -> list[Entry]:
+    entries: list[Entry] = []
+    for reply in replies:
+        for stream_name, items in reply or ():
+            stream = stream_name.decode()
+            entries.extend(Entry(stream, entry_id, fields) for entry_id, fields in items)
+    return entries
+
+
 def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
     it = iter(flat)
     return dict(zip(it, it, strict=True))
@@ -69,8 +78,11 @@ def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
 class RedisTransport:
     """The production transport over one ``redis.asyncio.Redis`` client (bytes replies)."""
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: Redis, blocking: Redis | None = None) -> None:
         self.client = client
+        # Blocking reads get a pool of their own, so idle readers never starve acks, sends
+        # and lease renewals of connections.
+        self.blocking = blocking or client
         # Parse XAUTOCLAIM ourselves: redis-py's parser cannot read Redis 6.2's nil bodies.
         client.set_response_callback("XAUTOCLAIM", _raw)
         self._renew = client.register_script(_RENEW)
@@ -118,20 +130,19 @@ class RedisTransport:
             if ids:
                 pipe.xack(stream, group, *ids)
         n_acks = len(pipe.command_stack)
-        if block_ms is None:
-            for stream, count in counts:
-                pipe.xreadgroup(group, consumer, {stream: ">"}, count=count)
-        else:
+        if block_ms is not None:
+            if n_acks:
+                await pipe.execute()
             streams = {stream: ">" for stream, _ in counts}
             count = max(c for _, c in counts)
-            pipe.xreadgroup(group, consumer, streams, count=count, block=block_ms)  # type: ignore[arg-type]
+            reply = await self.blocking.xreadgroup(
+                group, consumer, streams, count=count, block=block_ms  # type: ignore[arg-type]
+            )
+            return _entries([reply])
+        for stream, count in counts:
+            pipe.xreadgroup(group, consumer, {stream: ">"}, count=count)
         replies = await pipe.execute()
-        entries: list[Entry] = []
-        for reply in replies[n_acks:]:
-            for stream_name, items in reply or ():
-                stream = stream_name.decode()
-                entries.extend(Entry(stream, entry_id, fields) for entry_id, fields in items)
-        return entries
+        return _entries(replies[n_acks:])
 
     async def ack(self, stream: str, group: str, ids: Sequence[bytes]) -> None:
         if ids:
@@ -146,31 +157,60 @@ class RedisTransport:
         next_start, raw_entries = reply[0], reply[1]
         deleted: list[bytes] = list(reply[2]) if len(reply) > 2 else []
         live: list[tuple[bytes, dict[bytes, bytes]]] = []
+        holes = False
         for item in raw_entries:
-            if item is None:
-                continue
-            entry_id, body = item[0], item[1]
-            if body is None:
-                deleted.append(entry_id)  # Redis 6.2: a trimmed or XDELed pending entry
+            if item is None or item[1] is None:  # Redis 6.2: an entry deleted while pending
+                holes = True
             else:
-                live.append((entry_id, _pairs(body)))
+                live.append((item[0], _pairs(item[1])))
+        if holes and not deleted:
+            deleted = await self._deleted_pending(
+                stream, group, consumer, start, next_start, {i for i, _ in live}
+            )
         deliveries = await self._delivery_counts(stream, group, [i for i, _ in live])
-        entries = [Entry(stream, i, f, deliveries.get(i, 1)) for i, f in live]
+        entries = [Entry(stream, i, f, deliveries[i]) for i, f in live]
         return Claimed(entries, deleted, next_start)
+
+    async def _deleted_pending(
+        self, stream: str, group: str, consumer: str, start: bytes, next_start: bytes,
+        live: set[bytes],
+    ) -> list[bytes]:
+        """Redis 6.2 answers a deleted pending entry with a bare nil, without its id: find the
+        ids this consumer now holds in the scanned range whose bodies are gone."""
+        end = b"+" if next_start in (b"0-0", b"0") else b"(" + next_start
+        rows = await self.client.xpending_range(
+            stream, group, start, end, 10_000, consumername=consumer
+        )
+        candidates = [_bytes(r["message_id"]) for r in rows]
+        candidates = [i for i in candidates if i not in live]
+        if not candidates:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id in candidates:
+            pipe.xrange(stream, entry_id, entry_id, count=1)
+        bodies = await pipe.execute()
+        return [i for i, found in zip(candidates, bodies, strict=True) if not found]
 
     async def _delivery_counts(
         self, stream: str, group: str, ids: list[bytes]
     ) -> dict[bytes, int]:
+        """Exact delivery counts, one XPENDING per id (claims are rare; a range could be cut
+        short by other consumers' entries in between)."""
         if not ids:
             return {}
-        low, high = min_id(ids), max(ids, key=lambda i: tuple(map(int, i.split(b"-"))))
-        rows = await self.client.xpending_range(stream, group, low, high, len(ids) * 2 + 10)
-        return {_bytes(row["message_id"]): int(row["times_delivered"]) for row in rows}
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.xpending_range(stream, group, entry_id, entry_id, 1)
+        replies = await pipe.execute()
+        return {
+            entry_id: int(rows[0]["times_delivered"]) if rows else 1
+            for entry_id, rows in zip(ids, replies, strict=True)
+        }
 
     async def release(self, stream: str, group: str, consumer: str, ids: Sequence[bytes]) -> None:
         if ids:
-            await self.client.execute_command(  # type: ignore[no-untyped-call]
-                "XCLAIM", stream, group, consumer, 0, *ids, "IDLE", _IDLE_FOREVER_MS, "JUSTID"
+            await self.client.xclaim(
+                stream, group, consumer, 0, list(ids), idle=_IDLE_FOREVER_MS, justid=True
             )
 
     async def dead_letter(
@@ -209,8 +249,11 @@ class RedisTransport:
     async def acquire_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
         return bool(await self.client.set(key, owner, nx=True, px=ttl_ms))
 
-    async def renew_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
-        return bool(await self._renew(keys=[key], args=[owner, ttl_ms]))
+    async def renew_leases(self, keys: Sequence[str], owner: str, ttl_ms: int) -> list[bool]:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            await self._renew(keys=[key], args=[owner, ttl_ms], client=pipe)
+        return [bool(reply) for reply in await pipe.execute()]
 
     async def release_lease(self, key: str, owner: str) -> None:
         await self._release(keys=[key], args=[owner])
@@ -236,3 +279,5 @@ class RedisTransport:
         # A client built on an explicit pool (as connect_redis builds it) leaves the pool open
         # on a plain aclose(), leaking its sockets.
         await self.client.aclose(close_connection_pool=True)
+        if self.blocking is not self.client:
+            await self.blocking.aclose(close_connection_pool=True)

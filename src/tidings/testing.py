@@ -218,11 +218,14 @@ class MemoryTransport:
         self.leases[key] = (owner, self._now_ms() + ttl_ms)
         return True
 
-    async def renew_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
-        if self._lease_holder(key) != owner:
-            return False
-        self.leases[key] = (owner, self._now_ms() + ttl_ms)
-        return True
+    async def renew_leases(self, keys: Sequence[str], owner: str, ttl_ms: int) -> list[bool]:
+        renewed = []
+        for key in keys:
+            held = self._lease_holder(key) == owner
+            if held:
+                self.leases[key] = (owner, self._now_ms() + ttl_ms)
+            renewed.append(held)
+        return renewed
 
     async def release_lease(self, key: str, owner: str) -> None:
         if self._lease_holder(key) == owner:
@@ -257,19 +260,14 @@ class Harness:
             PartitionOwner(agent, consumer, app.transport, app.settings)
             for agent in app.agents.values()
         ]
-        self._tasks: list[asyncio.Task[None]] = []
 
     async def _start(self) -> None:
         for owner in self.owners:
-            await owner.rebalance()
-            self._tasks.append(asyncio.create_task(owner.run()))
+            await owner.start()
 
     async def stop(self) -> None:
         for owner in self.owners:
             await owner.stop()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def drain(self, within: float = 10.0) -> None:
         """Wait until every lane of every agent's topic has been read and acked."""

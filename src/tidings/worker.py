@@ -95,21 +95,17 @@ class Worker:
             PartitionOwner(agent, self.consumer, self.app.transport, self.settings)
             for agent in self.agents
         ]
-        tasks = [asyncio.create_task(owner.run()) for owner in self.owners]
+        for owner in self.owners:
+            await owner.start()
         heartbeat = asyncio.create_task(self._heartbeat()) if self.database else None
         log.info("worker %s consuming %s", self.consumer, ", ".join(a.name for a in self.agents))
         try:
             await self._stop.wait()
         finally:
-            await self._shutdown(tasks, heartbeat)
+            await self._shutdown(heartbeat)
 
-    async def _shutdown(
-        self, tasks: list[asyncio.Task[None]], heartbeat: asyncio.Task[None] | None
-    ) -> None:
+    async def _shutdown(self, heartbeat: asyncio.Task[None] | None) -> None:
         await asyncio.shield(asyncio.gather(*(owner.stop() for owner in self.owners)))
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         if heartbeat is not None:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
