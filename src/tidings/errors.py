@@ -3,6 +3,8 @@
     TidingsError                      every error tidings raises on purpose
     ├── ConfigurationError            settings or a URL that cannot work as given
     │   ├── pipelines.GraphError      a pipeline graph that cannot work as declared
+    │   ├── pipelines.routing.RoutingError          a routing rule that cannot work
+    │   ├── pipelines.preferences.PreferencesError  recipient preferences that cannot work
     │   └── scheduling.calendar.InvalidSchedule   a bad cron expression, duration or zone
     ├── ConnectionFailed              Redis or PostgreSQL could not be reached
     ├── MigrationsPending             the database schema is older than this code
@@ -11,6 +13,9 @@
     ├── UnknownTopic                  a topic name nobody declared
     ├── scheduling.schedule.UnknownSchedule   a schedule name that does not exist
     ├── PayloadError                  a payload that is not JSON, fails the schema or is too big
+    ├── pipelines.templates.TemplateError   a template that is missing or fails to render
+    │   └── TemplateNotFound
+    ├── pipelines.ledger.LedgerError  ledger rows that could not be written (says if retained)
     ├── sinks.webhook.InvalidSignature   a webhook body whose signature does not verify
     ├── capture.http.CaptureError     the local capture server was misused (tests, demo)
     └── Signal                        control flow raised by a handler, not a failure of tidings

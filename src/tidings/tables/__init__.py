@@ -7,8 +7,10 @@ from tidings.tables.analytics import delivery_stats_minute
 from tidings.tables.common import metadata
 from tidings.tables.consumers import consumer_groups, consumer_instances
 from tidings.tables.ledger import deliveries, messages
+from tidings.tables.preferences import preferences
 from tidings.tables.queues import queue_configs
 from tidings.tables.schedules import outbox, schedule_fires, schedules
+from tidings.tables.templates import templates
 
 __all__ = [
     "consumer_groups",
@@ -18,7 +20,9 @@ __all__ = [
     "messages",
     "metadata",
     "outbox",
+    "preferences",
     "queue_configs",
     "schedule_fires",
     "schedules",
+    "templates",
 ]

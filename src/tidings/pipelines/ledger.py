@@ -1,0 +1,510 @@
+"""The delivery ledger, written in batches (DESIGN.md D7), and the idempotency-key claim.
+
+Rows are buffered and flushed together — one multi-row ``INSERT … SELECT FROM unnest(…)`` per
+table — when ``max_batch`` rows are waiting or ``max_delay_ms`` after the first one arrived.
+A delivery is an upsert on (message_id, channel, recipient) that only moves forward:
+
+    accepted → delayed / failed → sent / filtered / dead
+
+``sent``, ``filtered`` and ``dead`` are final: nothing later changes the row. ``accepted`` never
+overwrites a state. Each ``sent`` or ``failed`` record counts one attempt. Several records for
+one delivery in one batch are merged in memory by the same rules (PostgreSQL refuses to upsert
+one row twice in one statement).
+
+A failed flush is retried; rows that still cannot be written are never dropped silently: a
+connection failure keeps them buffered for the next flush, a row the database rejects is dropped
+from the buffer and named in the LedgerError. Either way the error is raised — by ``flush()``,
+or, after a timer flush, by the next call on the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar, get_args
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tidings.errors import TidingsError
+from tidings.notification import Notification
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+DeliveryState = Literal["accepted", "filtered", "delayed", "sent", "failed", "dead"]
+STATES: tuple[DeliveryState, ...] = get_args(DeliveryState)
+FINAL: frozenset[str] = frozenset({"sent", "filtered", "dead"})
+_COUNTED = frozenset({"sent", "failed"})
+_PRIORITIES = frozenset({"high", "normal", "low"})
+_DeliveryKey = tuple[str, str, str]  # (message_id, channel, recipient)
+_Claim = tuple[str, str]  # (tenant or '', idempotency key)
+
+
+class LedgerError(TidingsError):
+    """Ledger rows could not be written. ``retained``: still buffered, to be written later."""
+
+    def __init__(self, message: str, *, rows: int, retained: bool) -> None:
+        super().__init__(message)
+        self.rows, self.retained = rows, retained
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """One ``messages`` row. ``payload`` is JSON-able; ``priority`` a transport lane."""
+
+    id: str
+    topic: str
+    payload: Any
+    priority: str = "normal"
+    type: str | None = None
+    tenant: str | None = None
+    idempotency_key: str | None = None
+    key: str | None = None
+    trace_id: str | None = None
+    created_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.priority not in _PRIORITIES:
+            raise ValueError(f"priority {self.priority!r} is not a lane: use high, normal or "
+                             "low (critical notifications travel in the high lane)")
+
+    @classmethod
+    def from_notification(
+        cls, message_id: str, topic: str, notification: Notification, **fields: Any
+    ) -> MessageRecord:
+        """The ``messages`` row of a notification published as message ``message_id``."""
+        return cls(
+            message_id, topic, notification.model_dump(mode="json"),
+            priority=notification.lane.value, type=notification.type,
+            tenant=notification.tenant, idempotency_key=notification.idempotency_key, **fields,
+        )
+
+    @property
+    def claim(self) -> _Claim | None:
+        """The (tenant, idempotency key) pair this message claims; None without a key."""
+        return None if self.idempotency_key is None else (self.tenant or "", self.idempotency_key)
+
+
+@dataclass(slots=True)
+class _Delivery:
+    """A pending delivery upsert: the merge of every record for its key since the last flush."""
+
+    state: str
+    provider: str | None
+    provider_message_id: str | None
+    attempts: int
+    error: str | None
+    at: datetime
+    sent_at: datetime | None
+    last_at: datetime
+
+    def then(self, later: _Delivery) -> None:
+        """Apply ``later`` after this one, by the rules the upsert applies in the database."""
+        if self.state in FINAL:
+            return
+        if later.state != "accepted":
+            self.state = later.state
+        self.attempts += later.attempts
+        self.provider = later.provider or self.provider
+        self.provider_message_id = later.provider_message_id or self.provider_message_id
+        self.error = later.error or self.error
+        self.sent_at = self.sent_at or later.sent_at
+        self.last_at = max(self.last_at, later.last_at)
+
+
+
+_MESSAGES_SQL = """
+INSERT INTO messages (id, topic, key, priority, type, tenant, idempotency_key, payload,
+                      trace_id, created_at)
+SELECT id, topic, key, priority, type, tenant, idempotency_key, payload::jsonb, trace_id,
+       coalesce(created_at, now())
+FROM unnest(CAST(:id AS text[]), CAST(:topic AS text[]), CAST(:key AS text[]),
+            CAST(:priority AS text[]), CAST(:type AS text[]), CAST(:tenant AS text[]),
+            CAST(:idempotency_key AS text[]), CAST(:payload AS text[]),
+            CAST(:trace_id AS text[]), CAST(:created_at AS timestamptz[]))
+     AS m(id, topic, key, priority, type, tenant, idempotency_key, payload, trace_id, created_at)
+ON CONFLICT DO NOTHING
+"""
+_INSERT_MESSAGES = text(_MESSAGES_SQL)
+# The same insert, telling which rows it wrote: the claims this batch won.
+_CLAIM = text(_MESSAGES_SQL + "RETURNING id")
+
+# The final states in the WHERE keep a finished delivery untouched by anything late.
+_UPSERT_DELIVERIES = text("""
+INSERT INTO deliveries AS d (message_id, channel, recipient, state, provider,
+                             provider_message_id, attempts, last_error, created_at,
+                             updated_at, sent_at)
+SELECT message_id, channel, recipient, state, provider, provider_message_id, attempts,
+       last_error, at, last_at, sent_at
+FROM unnest(CAST(:message_id AS text[]), CAST(:channel AS text[]), CAST(:recipient AS text[]),
+            CAST(:state AS text[]), CAST(:provider AS text[]),
+            CAST(:provider_message_id AS text[]), CAST(:attempts AS integer[]),
+            CAST(:last_error AS text[]), CAST(:at AS timestamptz[]),
+            CAST(:sent_at AS timestamptz[]), CAST(:last_at AS timestamptz[]))
+     AS u(message_id, channel, recipient, state, provider, provider_message_id, attempts,
+          last_error, at, sent_at, last_at)
+ON CONFLICT (message_id, channel, recipient) DO UPDATE SET
+    state = CASE WHEN excluded.state = 'accepted' THEN d.state ELSE excluded.state END,
+    attempts = d.attempts + excluded.attempts,
+    provider = coalesce(excluded.provider, d.provider),
+    provider_message_id = coalesce(excluded.provider_message_id, d.provider_message_id),
+    last_error = coalesce(excluded.last_error, d.last_error),
+    sent_at = coalesce(d.sent_at, excluded.sent_at),
+    updated_at = greatest(d.updated_at, excluded.updated_at)
+WHERE d.state NOT IN ('sent', 'filtered', 'dead')
+""")
+
+_OWNERS = text("""
+SELECT m.id, coalesce(m.tenant, '') AS tenant, m.idempotency_key
+FROM messages AS m
+JOIN unnest(CAST(:tenant AS text[]), CAST(:idempotency_key AS text[])) AS k(tenant, key)
+  ON coalesce(m.tenant, '') = k.tenant AND m.idempotency_key = k.key
+WHERE m.idempotency_key IS NOT NULL
+""")
+
+
+def _message_columns(records: Sequence[MessageRecord]) -> dict[str, list[Any]]:
+    return {
+        "id": [r.id for r in records],
+        "topic": [r.topic for r in records],
+        "key": [r.key for r in records],
+        "priority": [r.priority for r in records],
+        "type": [r.type for r in records],
+        "tenant": [r.tenant for r in records],
+        "idempotency_key": [r.idempotency_key for r in records],
+        "payload": [orjson.dumps(r.payload).decode() for r in records],
+        "trace_id": [r.trace_id for r in records],
+        "created_at": [r.created_at for r in records],
+    }
+
+
+def _delivery_columns(pending: dict[_DeliveryKey, _Delivery]) -> dict[str, list[Any]]:
+    # In key order, so that two writers upserting overlapping rows lock them in the same
+    # order and cannot deadlock each other.
+    keys = sorted(pending)
+    rows = [pending[key] for key in keys]
+    return {
+        "message_id": [k[0] for k in keys],
+        "channel": [k[1] for k in keys],
+        "recipient": [k[2] for k in keys],
+        "state": [r.state for r in rows],
+        "provider": [r.provider for r in rows],
+        "provider_message_id": [r.provider_message_id for r in rows],
+        "attempts": [r.attempts for r in rows],
+        "last_error": [r.error for r in rows],
+        "at": [r.at for r in rows],
+        "sent_at": [r.sent_at for r in rows],
+        "last_at": [r.last_at for r in rows],
+    }
+
+
+async def _owners(conn: AsyncConnection, claims: list[_Claim]) -> dict[_Claim, str]:
+    """The id of the message holding each (tenant, idempotency key)."""
+    if not claims:
+        return {}
+    params = {"tenant": [c[0] for c in claims], "idempotency_key": [c[1] for c in claims]}
+    rows = await conn.execute(_OWNERS, params)
+    return {(row.tenant, row.idempotency_key): row.id for row in rows}
+
+
+class _Batch:
+    """One flush's rows, and which of them were written or rejected so far."""
+
+    def __init__(
+        self, messages: list[MessageRecord], deliveries: dict[_DeliveryKey, _Delivery]
+    ) -> None:
+        self.messages, self.deliveries = messages, deliveries
+        self._done_messages: set[int] = set()
+        self._done_deliveries: set[_DeliveryKey] = set()
+        self.rejected: list[str] = []
+
+    def written(
+        self, messages: list[MessageRecord], deliveries: dict[_DeliveryKey, _Delivery]
+    ) -> None:
+        self._done_messages.update(map(id, messages))
+        self._done_deliveries.update(deliveries)
+
+    def reject(
+        self,
+        messages: list[MessageRecord],
+        deliveries: dict[_DeliveryKey, _Delivery],
+        exc: Exception,
+    ) -> None:
+        self.written(messages, deliveries)  # done with: they will never be written
+        what = (f"message {messages[0].id!r}" if messages
+                else "delivery ({}, {}, {})".format(*map(repr, next(iter(deliveries)))))
+        self.rejected.append(f"{what}: {_one_line(exc)}")
+
+    def unwritten(self) -> tuple[list[MessageRecord], dict[_DeliveryKey, _Delivery]]:
+        """Rows neither written nor rejected: a delivery upsert must not be applied twice."""
+        return (
+            [m for m in self.messages if id(m) not in self._done_messages],
+            {k: d for k, d in self.deliveries.items() if k not in self._done_deliveries},
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+class LedgerWriter:
+    """Buffers ledger rows and writes them in batches; see the module docstring."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        max_batch: int = 500,
+        max_delay_ms: float = 20,
+        retries: int = 3,
+        retry_delay_s: float = 0.05,
+    ) -> None:
+        if max_batch < 1 or max_delay_ms < 0 or retries < 0:
+            raise ValueError("max_batch must be >= 1, max_delay_ms and retries >= 0")
+        self._engine = engine
+        self._max_batch = max_batch
+        self._delay_s = max_delay_ms / 1000
+        self._retries = retries
+        self._retry_delay_s = retry_delay_s
+        self._messages: list[MessageRecord] = []
+        self._deliveries: dict[_DeliveryKey, _Delivery] = {}
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references while they run
+        self._failure: LedgerError | None = None
+        self._closed = False
+
+    @property
+    def pending(self) -> int:
+        """Rows buffered and not yet written."""
+        return len(self._messages) + len(self._deliveries)
+
+    async def record_message(self, record: MessageRecord) -> None:
+        """Buffer a ``messages`` row; one that exists already (same id or key) is left alone."""
+        self._check()
+        self._messages.append(record)
+        await self._added()
+
+    async def record_delivery(
+        self,
+        message_id: str,
+        channel: str,
+        recipient: str,
+        state: DeliveryState,
+        provider: str | None = None,
+        provider_message_id: str | None = None,
+        error: str | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> None:
+        """Buffer a state change of one delivery (upserted; see the module docstring)."""
+        if state not in STATES:
+            raise ValueError(f"unknown delivery state {state!r}; use {', '.join(STATES)}")
+        self._check()
+        at = at or datetime.now(UTC)
+        row = _Delivery(state, provider, provider_message_id, int(state in _COUNTED), error, at,
+                        at if state == "sent" else None, at)
+        key = (message_id, channel, recipient)
+        earlier = self._deliveries.get(key)
+        if earlier is None:
+            self._deliveries[key] = row
+        else:
+            earlier.then(row)
+        await self._added()
+
+    async def claim_idempotency_keys(self, batch: Sequence[MessageRecord]) -> set[str]:
+        """Write ``batch`` to ``messages`` now; return the ids of the duplicates in it.
+
+        A message is a duplicate when another message id already holds its (tenant,
+        idempotency key) — from an earlier batch or earlier in this one. Its redelivery (same
+        id) is not a duplicate: the delivery rows decide whether its legs were sent.
+        """
+        self._check()
+        first: dict[_Claim, str] = {}
+        unique: dict[str, MessageRecord] = {}
+        duplicates: set[str] = set()
+        for record in batch:
+            claim = record.claim
+            if claim is not None and first.setdefault(claim, record.id) != record.id:
+                duplicates.add(record.id)
+            else:
+                unique.setdefault(record.id, record)
+        if not unique:
+            return duplicates
+        records = list(unique.values())
+
+        async def insert(conn: AsyncConnection) -> tuple[dict[str, _Claim], dict[_Claim, str]]:
+            inserted = set((await conn.execute(_CLAIM, _message_columns(records))).scalars())
+            contested = {r.id: c for r in records if r.id not in inserted
+                         and (c := r.claim) is not None}
+            return contested, await _owners(conn, list(contested.values()))
+
+        try:
+            contested, owners = await self._retrying(insert)
+        except Exception as exc:
+            raise LedgerError(
+                f"could not claim the idempotency keys of {len(records)} messages: "
+                f"{_one_line(exc)}", rows=len(records), retained=False,
+            ) from exc
+        for message_id, claim in contested.items():
+            owner = owners.get(claim)
+            if owner is not None and owner != message_id:
+                duplicates.add(message_id)
+        return duplicates
+
+    async def flush(self) -> None:
+        """Write every buffered row now; LedgerError if they could not be written."""
+        self._check()
+        await self._flush()
+
+    async def aclose(self) -> None:
+        """Flush what is buffered and stop; the writer takes no more rows.
+
+        Raises LedgerError if rows could not be written, or if an earlier timer flush had
+        to drop rows nobody was told about yet.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()  # only ever cancelled while it sleeps; see _flush_later
+            self._timer = None
+        earlier, self._failure = self._failure, None
+        await self._flush()
+        for failure in (earlier, self._failure):
+            if failure is not None and not failure.retained:
+                raise failure
+
+    def _check(self) -> None:
+        if self._closed:
+            raise LedgerError("the ledger writer is closed", rows=0, retained=False)
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    async def _added(self) -> None:
+        if self.pending >= self._max_batch:
+            await self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.create_task(self._flush_later())
+            self._tasks.add(self._timer)
+            self._timer.add_done_callback(self._tasks.discard)
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self._delay_s)
+        self._timer = None  # from here on not cancellable by aclose(): a flush is under way
+        try:
+            await self._flush()
+        except LedgerError as exc:
+            log.error("ledger flush failed: %s", exc)
+            self._failure = exc
+
+    async def _flush(self) -> None:
+        async with self._lock:
+            messages, self._messages = self._messages, []
+            deliveries, self._deliveries = self._deliveries, {}
+            if not messages and not deliveries:
+                return
+            batch = _Batch(messages, deliveries)
+            try:
+                await self._write(batch, messages, deliveries)
+            except BaseException as exc:
+                messages, deliveries = batch.unwritten()
+                self._restore(messages, deliveries)
+                if not isinstance(exc, Exception):
+                    raise
+                rows = len(messages) + len(deliveries)
+                raise LedgerError(
+                    f"could not write {rows} ledger rows after {self._retries + 1} tries; "
+                    f"they stay buffered: {_one_line(exc)}", rows=rows, retained=True,
+                ) from exc
+            if batch.rejected:
+                count = len(batch.rejected)
+                more = f" (and {count - 1} more)" if count > 1 else ""
+                raise LedgerError(
+                    f"the database rejected {count} ledger row(s), which are dropped; the "
+                    f"rest of the batch was written: {batch.rejected[0]}{more}",
+                    rows=count, retained=False,
+                )
+
+    async def _write(self, batch: _Batch, messages: list[MessageRecord],
+                     deliveries: dict[_DeliveryKey, _Delivery]) -> None:
+        """Write the rows; when the database rejects some, halve until they are found.
+
+        A rejected row costs about 2·log2(batch) small transactions; the good rows still land.
+        """
+        try:
+            await self._write_with_retries(messages, deliveries)
+        except Exception as exc:
+            if _transient(exc):
+                raise
+            if len(messages) + len(deliveries) == 1:
+                batch.reject(messages, deliveries, exc)
+                return
+            # Messages before deliveries: a delivery may refer to a message of this batch.
+            if messages and deliveries:
+                halves = [(messages, {}), ([], deliveries)]
+            elif messages:
+                middle = len(messages) // 2
+                halves = [(messages[:middle], {}), (messages[middle:], {})]
+            else:
+                keys = sorted(deliveries)
+                middle = len(keys) // 2
+                halves = [([], {k: deliveries[k] for k in part})
+                          for part in (keys[:middle], keys[middle:])]
+            for half_messages, half_deliveries in halves:
+                await self._write(batch, half_messages, half_deliveries)
+            return
+        batch.written(messages, deliveries)
+
+    async def _write_with_retries(
+        self, messages: list[MessageRecord], deliveries: dict[_DeliveryKey, _Delivery]
+    ) -> None:
+        async def write(conn: AsyncConnection) -> None:
+            if messages:
+                await conn.execute(_INSERT_MESSAGES, _message_columns(messages))
+            if deliveries:
+                await conn.execute(_UPSERT_DELIVERIES, _delivery_columns(deliveries))
+
+        await self._retrying(write)
+
+    async def _retrying(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """``work`` in one transaction, tried again after a connection failure."""
+        attempt = 0
+        while True:
+            try:
+                async with self._engine.begin() as conn:
+                    return await work(conn)
+            except Exception as exc:
+                if not _transient(exc) or attempt == self._retries:
+                    raise
+            await asyncio.sleep(self._retry_delay_s * 2**attempt)
+            attempt += 1
+
+    def _restore(
+        self, messages: list[MessageRecord], deliveries: dict[_DeliveryKey, _Delivery]
+    ) -> None:
+        # Back in front of whatever arrived meanwhile, so the order of changes is kept.
+        self._messages = messages + self._messages
+        for key, later in self._deliveries.items():
+            earlier = deliveries.get(key)
+            if earlier is None:
+                deliveries[key] = later
+            else:
+                earlier.then(later)
+        self._deliveries = deliveries
+

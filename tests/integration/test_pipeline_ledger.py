@@ -1,0 +1,473 @@
+"""The batched ledger writer and the idempotency claim against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tidings.database import create_engine, quote_ident
+from tidings.migrate import upgrade
+from tidings.notification import Notification
+from tidings.pipelines.ledger import LedgerError, LedgerWriter, MessageRecord
+from tidings.tables import deliveries, messages
+
+pytestmark = [pytest.mark.postgres]
+
+
+@pytest.fixture
+async def engine(database_url: str, schema_name: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url, schema=schema_name, pool_size=4, connect_timeout=5)
+    await upgrade(engine, schema_name)
+    yield engine
+    async with engine.begin() as conn:
+        await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema_name)} CASCADE"))
+    await engine.dispose()
+
+
+@pytest.fixture
+async def writer(engine: AsyncEngine) -> AsyncIterator[LedgerWriter]:
+    writer = LedgerWriter(engine, max_batch=500, max_delay_ms=20)
+    yield writer
+    await writer.aclose()
+
+
+def _message(message_id: str, key: str | None = None, tenant: str | None = "t1",
+             **fields: Any) -> MessageRecord:
+    return MessageRecord(message_id, "notifications", {"id": message_id}, tenant=tenant,
+                         idempotency_key=key, type="order.shipped", **fields)
+
+
+async def _deliveries(engine: AsyncEngine) -> list[Any]:
+    async with engine.connect() as conn:
+        query = select(deliveries).order_by(deliveries.c.message_id, deliveries.c.recipient)
+        return list((await conn.execute(query)).all())
+
+
+async def _count(engine: AsyncEngine, table: str) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+async def test_flush_writes_messages_and_deliveries(
+    engine: AsyncEngine, writer: LedgerWriter
+) -> None:
+    await writer.record_message(_message("m1"))
+    await writer.record_delivery("m1", "email", "ada@example.com", "accepted")
+    await writer.flush()
+
+    [row] = await _deliveries(engine)
+    assert (row.message_id, row.channel, row.recipient, row.state, row.attempts) == (
+        "m1", "email", "ada@example.com", "accepted", 0
+    )
+    assert writer.pending == 0
+
+
+async def test_a_partial_batch_is_written_by_the_timer(engine: AsyncEngine) -> None:
+    writer = LedgerWriter(engine, max_delay_ms=20)
+    try:
+        await writer.record_message(_message("m1"))
+        await writer.record_delivery("m1", "sms", "+14155550123", "accepted")
+        assert writer.pending == 2
+        for _ in range(100):
+            if await _count(engine, "deliveries") == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert await _count(engine, "deliveries") == 1
+        assert writer.pending == 0
+    finally:
+        await writer.aclose()
+
+
+async def test_a_full_batch_is_written_before_record_returns(engine: AsyncEngine) -> None:
+    writer = LedgerWriter(engine, max_batch=10, max_delay_ms=60_000)
+    try:
+        await writer.record_message(_message("m1"))
+        for i in range(9):
+            await writer.record_delivery("m1", "push", f"token-{i}", "accepted")
+
+        assert await _count(engine, "deliveries") == 9
+    finally:
+        await writer.aclose()
+
+
+async def test_aclose_flushes_and_then_refuses_rows(engine: AsyncEngine) -> None:
+    writer = LedgerWriter(engine, max_delay_ms=60_000)
+    await writer.record_message(_message("m1"))
+    await writer.aclose()
+
+    assert await _count(engine, "messages") == 1
+    with pytest.raises(LedgerError, match="closed"):
+        await writer.record_message(_message("m2"))
+
+
+async def test_a_message_recorded_twice_is_written_once(
+    engine: AsyncEngine, writer: LedgerWriter
+) -> None:
+    await writer.record_message(_message("m1", key="k"))
+    await writer.flush()
+    await writer.record_message(_message("m1", key="k"))
+    await writer.record_message(_message("m2", key="k"))  # same key: also left alone
+    await writer.flush()
+
+    assert await _count(engine, "messages") == 1
+
+
+# -- state transitions -----------------------------------------------------------------------
+
+HISTORY: list[tuple[str, dict[str, Any]]] = [
+    ("accepted", {}),
+    ("failed", {"provider": "smtp", "error": "421 try later"}),
+    ("failed", {"provider": "smtp", "error": "timeout"}),
+    ("sent", {"provider": "smtp", "provider_message_id": "<abc@mx>"}),
+    ("failed", {"error": "late duplicate"}),  # after sent: ignored
+    ("accepted", {}),  # a redelivery: ignored
+]
+
+
+@pytest.mark.parametrize("flush_each", [True, False], ids=["flush each", "one batch"])
+async def test_a_delivery_moves_forward_and_counts_its_attempts(
+    engine: AsyncEngine, writer: LedgerWriter, flush_each: bool
+) -> None:
+    await writer.record_message(_message("m1"))
+    for state, fields in HISTORY:
+        await writer.record_delivery("m1", "email", "ada@example.com", state, **fields)
+        if flush_each:
+            await writer.flush()
+    await writer.flush()
+
+    [row] = await _deliveries(engine)
+    assert (row.state, row.attempts, row.provider, row.provider_message_id, row.last_error) == (
+        "sent", 3, "smtp", "<abc@mx>", "timeout"
+    )
+    assert row.sent_at is not None
+    assert row.sent_at >= row.created_at
+
+
+@pytest.mark.parametrize(
+    ("states", "final"),
+    [
+        (["accepted", "delayed", "accepted"], "delayed"),
+        (["accepted", "filtered", "sent"], "filtered"),
+        (["failed", "dead", "sent"], "dead"),
+        (["delayed", "sent"], "sent"),
+    ],
+)
+async def test_a_final_state_is_never_left_and_accepted_never_overwrites(
+    engine: AsyncEngine, writer: LedgerWriter, states: list[Any], final: str
+) -> None:
+    await writer.record_message(_message("m1"))
+    for state in states:
+        await writer.record_delivery("m1", "sms", "+14155550123", state)
+        await writer.flush()
+
+    [row] = await _deliveries(engine)
+    assert row.state == final
+
+
+async def test_merging_in_memory_gives_what_upserting_one_by_one_gives(
+    engine: AsyncEngine, writer: LedgerWriter
+) -> None:
+    # The in-batch merge must mirror the SQL upsert exactly: 200 random histories, each
+    # written once flushed after every record and once as a single batch.
+    rng = random.Random(7)
+    states: list[Any] = ["accepted", "delayed", "failed", "sent", "filtered", "dead"]
+    histories = [[rng.choice(states) for _ in range(rng.randint(1, 6))] for _ in range(200)]
+    await writer.record_message(_message("m1"))
+    await writer.flush()
+    batched = LedgerWriter(engine, max_batch=10_000, max_delay_ms=60_000)
+    for i, history in enumerate(histories):
+        for step, state in enumerate(history):
+            fields = {"provider": f"p{step}" if rng.random() < 0.5 else None,
+                      "error": f"e{step}" if state == "failed" else None}
+            await writer.record_delivery("m1", "email", f"each-{i}", state, **fields)
+            await writer.flush()
+            await batched.record_delivery("m1", "email", f"once-{i}", state, **fields)
+    assert batched.pending == len(histories)
+    await batched.aclose()
+
+    rows = {row.recipient: row for row in await _deliveries(engine)}
+    for i in range(len(histories)):
+        each, once = rows[f"each-{i}"], rows[f"once-{i}"]
+        assert (each.state, each.attempts, each.provider, each.last_error) == (
+            once.state, once.attempts, once.provider, once.last_error
+        ), histories[i]
+
+
+# -- idempotency -----------------------------------------------------------------------------
+
+
+async def test_the_same_key_published_twice_is_claimed_once(
+    engine: AsyncEngine, writer: LedgerWriter
+) -> None:
+    assert await writer.claim_idempotency_keys([_message("m1", "order-7")]) == set()
+    assert await writer.claim_idempotency_keys([_message("m2", "order-7")]) == {"m2"}
+    assert await _count(engine, "messages") == 1
+
+
+async def test_a_key_twice_in_one_batch_keeps_the_first(writer: LedgerWriter) -> None:
+    batch = [_message("m1", "k"), _message("m2", "k"), _message("m3", "other")]
+
+    assert await writer.claim_idempotency_keys(batch) == {"m2"}
+
+
+async def test_a_redelivered_message_is_not_its_own_duplicate(writer: LedgerWriter) -> None:
+    await writer.claim_idempotency_keys([_message("m1", "k")])
+
+    assert await writer.claim_idempotency_keys([_message("m1", "k")]) == set()
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "duplicate"),
+    [
+        pytest.param(("t1", "k"), ("t2", "k"), False, id="other tenant"),
+        pytest.param((None, "k"), ("", "k"), True, id="no tenant is the empty tenant"),
+        pytest.param(("t1", None), ("t1", None), False, id="no key never collides"),
+    ],
+)
+async def test_keys_are_per_tenant(
+    writer: LedgerWriter,
+    first: tuple[str | None, str | None],
+    second: tuple[str | None, str | None],
+    duplicate: bool,
+) -> None:
+    await writer.claim_idempotency_keys([_message("m1", first[1], tenant=first[0])])
+
+    found = await writer.claim_idempotency_keys([_message("m2", second[1], tenant=second[0])])
+
+    assert found == ({"m2"} if duplicate else set())
+
+
+async def test_concurrent_claims_of_one_key_let_exactly_one_through(
+    engine: AsyncEngine, database_url: str, schema_name: str
+) -> None:
+    other = create_engine(database_url, schema=schema_name, pool_size=2, connect_timeout=5)
+    writers = [LedgerWriter(engine), LedgerWriter(other)]
+    try:
+        results = await asyncio.gather(*(
+            w.claim_idempotency_keys([_message(f"w{i}-{j}", f"k{j}") for j in range(50)])
+            for i, w in enumerate(writers)
+        ))
+    finally:
+        for w in writers:
+            await w.aclose()
+        await other.dispose()
+
+    assert len(results[0]) + len(results[1]) == 50
+    assert await _count(engine, "messages") == 50
+
+
+async def test_a_notification_is_recorded_with_its_lane_tenant_and_key(
+    engine: AsyncEngine, writer: LedgerWriter
+) -> None:
+    notification = Notification.model_validate({
+        "type": "order.shipped", "recipient": {"user_id": "u1"}, "content": {"body": "x"},
+        "priority": "critical", "tenant": "acme", "idempotency_key": "order-7",
+    })
+    record = MessageRecord.from_notification("m1", "notifications", notification)
+
+    assert await writer.claim_idempotency_keys([record]) == set()
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(messages))).one()
+    assert (row.priority, row.type, row.tenant, row.idempotency_key) == (
+        "high", "order.shipped", "acme", "order-7"
+    )
+    assert row.payload["recipient"]["user_id"] == "u1"
+
+
+async def test_a_claimed_message_takes_deliveries(
+    engine: AsyncEngine, writer: LedgerWriter
+) -> None:
+    await writer.claim_idempotency_keys([_message("m1", "k")])
+    await writer.record_delivery("m1", "email", "ada@example.com", "sent", "smtp", "id-1")
+    await writer.flush()
+
+    [row] = await _deliveries(engine)
+    assert (row.state, row.provider_message_id) == ("sent", "id-1")
+
+
+# -- failures --------------------------------------------------------------------------------
+
+
+async def test_a_row_the_database_rejects_is_dropped_and_named_and_the_rest_written(
+    engine: AsyncEngine, writer: LedgerWriter
+) -> None:
+    await writer.record_message(_message("m1"))
+    for i in range(20):
+        await writer.record_delivery("m1", "push", f"token-{i}", "sent")
+    await writer.record_delivery("no-such-message", "email", "ada@example.com", "sent")
+
+    with pytest.raises(LedgerError) as raised:
+        await writer.flush()
+
+    assert str(raised.value).startswith(
+        "the database rejected 1 ledger row(s), which are dropped; the rest of the batch was "
+        "written: delivery ('no-such-message', 'email', 'ada@example.com'): insert or update "
+        'on table "deliveries" violates foreign key constraint'
+    )
+    assert (raised.value.rows, raised.value.retained) == (1, False)
+    assert writer.pending == 0
+    assert await _count(engine, "deliveries") == 20
+
+
+class Proxy:
+    """A TCP proxy to PostgreSQL that can be switched off: a database that goes away."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.target = 0, port
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for pipe in self._pipes:
+            pipe.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        pipes = [asyncio.create_task(self._pipe(reader, up_writer)),
+                 asyncio.create_task(self._pipe(up_reader, writer))]
+        self._pipes.update(pipes)
+        await asyncio.gather(*pipes, return_exceptions=True)
+        self._pipes.difference_update(pipes)
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+async def test_rows_kept_while_the_database_is_away_are_written_when_it_is_back(
+    engine: AsyncEngine, database_url: str, schema_name: str
+) -> None:
+    port = engine.url.port or 5432
+    proxy = Proxy(port)
+    await proxy.start()
+    url = f"postgresql://{engine.url.username}@127.0.0.1:{proxy.port}/{engine.url.database}"
+    proxied = create_engine(url, schema=schema_name, pool_size=1, connect_timeout=1)
+    writer = LedgerWriter(proxied, retries=1, retry_delay_s=0.01, max_delay_ms=60_000)
+    try:
+        await writer.record_message(_message("m1"))
+        await writer.record_delivery("m1", "email", "ada@example.com", "failed", error="421")
+        await writer.flush()
+        await proxy.stop()
+        await writer.record_delivery("m1", "email", "ada@example.com", "failed", error="421")
+        await writer.record_delivery("m1", "email", "ada@example.com", "sent", "smtp", "id-1")
+
+        with pytest.raises(LedgerError, match="after 2 tries; they stay buffered") as raised:
+            await writer.flush()
+        assert (raised.value.rows, raised.value.retained, writer.pending) == (1, True, 1)
+
+        await proxy.start()  # same port: the database is back
+        await writer.aclose()
+    finally:
+        await proxy.stop()
+        await proxied.dispose()
+
+    [row] = await _deliveries(engine)
+    assert (row.state, row.attempts, row.provider_message_id) == ("sent", 3, "id-1")
+
+
+def _unreachable(schema_name: str) -> AsyncEngine:
+    return create_engine("postgresql://postgres@127.0.0.1:1/test", schema=schema_name,
+                         pool_size=1, connect_timeout=1)
+
+
+async def test_an_unreachable_database_keeps_the_rows_and_says_so(schema_name: str) -> None:
+    engine = _unreachable(schema_name)
+    writer = LedgerWriter(engine, retries=2, retry_delay_s=0.01, max_delay_ms=60_000)
+    try:
+        await writer.record_message(_message("m1"))
+        await writer.record_delivery("m1", "email", "ada@example.com", "accepted")
+
+        with pytest.raises(LedgerError, match="after 3 tries; they stay buffered") as raised:
+            await writer.flush()
+
+        assert (raised.value.rows, raised.value.retained) == (2, True)
+        assert writer.pending == 2
+    finally:
+        await engine.dispose()
+
+
+async def test_a_claim_that_cannot_reach_the_database_raises(schema_name: str) -> None:
+    engine = _unreachable(schema_name)
+    writer = LedgerWriter(engine, retries=1, retry_delay_s=0.01)
+    try:
+        with pytest.raises(LedgerError, match="could not claim the idempotency keys of 1"):
+            await writer.claim_idempotency_keys([_message("m1", "k")])
+    finally:
+        await engine.dispose()
+
+
+async def test_a_failed_timer_flush_is_raised_by_the_next_call(schema_name: str) -> None:
+    engine = _unreachable(schema_name)
+    writer = LedgerWriter(engine, retries=0, max_delay_ms=1)
+    try:
+        await writer.record_message(_message("m1"))
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if writer._failure is not None:
+                break
+
+        with pytest.raises(LedgerError, match="stay buffered"):
+            await writer.record_message(_message("m2"))
+        assert writer.pending == 1  # m1 kept; m2 was refused, not half-recorded
+    finally:
+        await engine.dispose()
+
+
+# -- throughput (D7) -------------------------------------------------------------------------
+
+
+async def test_batched_writes_are_many_times_faster_than_one_insert_per_row(
+    engine: AsyncEngine,
+) -> None:
+    rows = 20_000
+    async with engine.begin() as conn:
+        await conn.execute(insert(messages), [
+            {"id": f"m{i}", "topic": "t", "payload": {}} for i in range(rows)
+        ])
+
+    single_rows = 1000
+    started = time.perf_counter()
+    async with engine.connect() as conn:
+        for i in range(single_rows):  # one INSERT and one commit per row, on one connection
+            stmt = pg_insert(deliveries).values(
+                message_id=f"m{i}", channel="email", recipient="single", state="sent"
+            )
+            await conn.execute(stmt.on_conflict_do_nothing())
+            await conn.commit()
+    single = single_rows / (time.perf_counter() - started)
+
+    writer = LedgerWriter(engine, max_batch=500, max_delay_ms=20)
+    started = time.perf_counter()
+    for i in range(rows):
+        await writer.record_delivery(f"m{i}", "email", "batched", "sent", "smtp", f"p{i}")
+    await writer.aclose()
+    batched = rows / (time.perf_counter() - started)
+
+    assert await _count(engine, "deliveries") == single_rows + rows
+    print(f"\nledger rows/s: one INSERT per row {single:,.0f}, LedgerWriter {batched:,.0f} "
+          f"(x{batched / single:.1f})")
+    assert batched > 3 * single
