@@ -1,0 +1,353 @@
+"""The notification pipeline: intake (accept → route → decide → render) and per-channel delivery.
+
+    notifications ──intake──┬─ email ──────────> notifications.email ──deliver──> provider
+                            ├─ sms / push / webhook (likewise, one topic each)
+                            └─ orchestration ──> notifications.orchestration ──deliver (fallback)
+
+Intake runs its steps chained in one consumer (DESIGN.md D6); each channel has its own topic so a
+slow provider only holds up its own channel. A notification whose channels are ``auto`` walks a
+fallback chain on the orchestration topic. Every decision lands in the ledger: filtered (opted
+out, no address, denied, duplicate), delayed (quiet hours or ``send_at``: held by the scheduler
+in PostgreSQL, then delivered), sent (with the provider's message id) or failed (with the
+reason). Nothing is dropped silently.
+
+Run it with ``tidings worker tidings.pipelines.notifications:app`` (plus ``tidings schedules
+run`` for delayed deliveries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+from tidings.app import App
+from tidings.message import now_ms
+from tidings.notification import Channel, Content, Notification
+from tidings.pipelines.graph import Item, Pipeline
+from tidings.pipelines.ledger import DeliveryState, LedgerWriter, MessageRecord
+from tidings.pipelines.preferences import Outcome, Preferences, PreferenceStore, decide
+from tidings.pipelines.routing import Router, Rule
+from tidings.pipelines.templates import Renderer, TemplateError, TemplateStore
+from tidings.scheduling.store import Schedules
+from tidings.sinks.base import Provider, SendResult, deliveries
+from tidings.sinks.providers import build_providers
+from tidings.sinks.settings import ProviderSettings
+from tidings.topic import Topic
+
+CHANNELS: tuple[Channel, ...] = ("email", "sms", "push", "webhook")
+INTAKE = "notifications"
+ORCHESTRATION = "notifications.orchestration"
+# Delays shorter than this are not worth a trip through the scheduler: send now.
+MIN_DELAY = timedelta(seconds=1)
+
+
+class Dispatch(BaseModel):
+    """What travels from intake to delivery: the notification, rendered, with its channels."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    message_id: str
+    notification: Notification
+    channels: tuple[Channel, ...]
+    mode: Literal["fanout", "fallback"]
+    contents: dict[Channel, Content]
+    accepted_ms: int
+
+
+ProviderFactory = Callable[[App], Awaitable[dict[Channel, Provider]]]
+
+
+@dataclass
+class Services:
+    """What the steps need once connections are open; built by the app's start hook."""
+
+    ledger: LedgerWriter
+    renderer: Renderer
+    preferences: PreferenceStore
+    schedules: Schedules
+    providers: dict[Channel, Provider]
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+@dataclass
+class Tally:
+    """In-process counts and latencies, for the demo and the benchmark."""
+
+    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
+    latencies_ms: dict[str, list[float]] = field(default_factory=dict)
+
+    def count(self, channel: str, outcome: str, n: int = 1) -> None:
+        self.outcomes[(channel, outcome)] = self.outcomes.get((channel, outcome), 0) + n
+
+
+async def providers_from_env(app: App) -> dict[Channel, Provider]:
+    """Providers for every channel configured by TIDINGS_SMTP_* / _TWILIO_* / _FCM_* / ..."""
+    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=8))
+    providers = build_providers(ProviderSettings.from_env(), client)
+    app.on_stop(lambda _: client.aclose())
+    return providers
+
+
+class NotificationPipeline:
+    """The notification pipeline of one App: its topics, stages and services."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        providers: ProviderFactory = providers_from_env,
+        rules: Sequence[Rule] = (),
+        send_concurrency: int = 32,
+    ) -> None:
+        self.app = app
+        self.router = Router(rules)
+        self.tally = Tally()
+        self._providers = providers
+        self._send_slots = send_concurrency
+        self._services: Services | None = None
+        self.intake = app.topic(INTAKE, model=Notification)
+        self.channel_topics = {c: app.topic(f"{INTAKE}.{c}", model=Dispatch) for c in CHANNELS}
+        self.orchestration = app.topic(ORCHESTRATION, model=Dispatch)
+        self.pipeline = self._graph().build()
+        app.on_start(self._start)
+        app.on_stop(self._stop)
+
+    def _graph(self) -> Pipeline:
+        graph = Pipeline(self.app, "notify")
+        outputs: dict[str, Topic[Dispatch]] = {c: t for c, t in self.channel_topics.items()}
+        outputs["orchestration"] = self.orchestration
+        graph.stage("intake", source=self.intake, outputs=outputs,
+                    steps=[self.accept, self.route, self.render])
+        for channel, topic in self.channel_topics.items():
+            graph.stage(channel, source=topic, steps=[self.deliver], terminal=True)
+        graph.stage("orchestration", source=self.orchestration, steps=[self.deliver],
+                    terminal=True)
+        return graph
+
+    @property
+    def services(self) -> Services:
+        if self._services is None:
+            raise RuntimeError("the notification pipeline's app is not started")
+        return self._services
+
+    async def _start(self, app: App) -> None:
+        engine = app.engine
+        self._services = Services(
+            ledger=LedgerWriter(engine),
+            renderer=Renderer(TemplateStore(engine)),
+            preferences=PreferenceStore(engine),
+            schedules=Schedules(engine),
+            providers=await self._providers(app),
+        )
+
+    async def _stop(self, app: App) -> None:
+        services, self._services = self._services, None
+        if services is None:
+            return
+        try:
+            await services.ledger.aclose()
+        finally:
+            for provider in services.providers.values():
+                await provider.aclose()
+
+    # -- publishing -----------------------------------------------------------------------
+
+    async def publish(self, notification: Notification | dict[str, object]) -> str:
+        """Validate and publish one notification (keyed by user, in its priority's lane)."""
+        n = notification if isinstance(notification, Notification) else (
+            Notification.model_validate(notification)
+        )
+        return await self.intake.send(n, key=n.recipient.user_id, priority=n.lane)
+
+    async def publish_many(self, notifications: Sequence[Notification]) -> list[str]:
+        """Publish a batch in one round trip per priority lane."""
+        ids: list[str] = []
+        by_lane: dict[str, list[Notification]] = {}
+        for n in notifications:
+            by_lane.setdefault(n.lane.value, []).append(n)
+        for lane, batch in by_lane.items():
+            ids += await self.intake.send_many(
+                batch, key=lambda n: n.recipient.user_id, priority=lane
+            )
+        return ids
+
+    # -- intake steps ---------------------------------------------------------------------
+
+    async def accept(self, items: list[Item]) -> list[Item]:
+        """Write each notification to the ledger; drop a second use of an idempotency key."""
+        records = [
+            MessageRecord.from_notification(
+                i.message.id, INTAKE, i.value, key=i.key,
+                created_at=datetime.fromtimestamp(i.message.envelope.created_ms / 1000, UTC),
+            )
+            for i in items
+        ]
+        duplicates = await self.services.ledger.claim_idempotency_keys(records)
+        for item in items:
+            if item.message.id in duplicates:
+                item.drop("duplicate idempotency key: already accepted once")
+                self.tally.count("*", "duplicate")
+        return items
+
+    async def route(self, items: list[Item]) -> list[Item]:
+        """Pick channels (explicit, or ``auto`` by preference / rule), honour opt-outs, quiet
+        hours and ``send_at``."""
+        keys = [(i.value.tenant, i.value.recipient.user_id) for i in items]
+        prefs = await self.services.preferences.get_pairs(keys)
+        now = datetime.now(UTC)
+        for item in items:
+            n: Notification = item.value
+            preference = prefs.get((n.tenant, n.recipient.user_id))
+            await self._route_one(item, n, preference, now)
+        return items
+
+    async def _route_one(
+        self, item: Item, n: Notification, preference: Preferences | None, now: datetime
+    ) -> None:
+        route = self.router.route(n, preference)
+        for channel, reason in route.excluded.items():
+            await self._record(item, channel, "filtered", error=reason)
+        channels: list[Channel] = []
+        until: datetime | None = n.send_at if n.send_at and n.send_at - now > MIN_DELAY else None
+        for channel in route.channels:
+            decision = decide(preference, n, channel, now)
+            if decision.outcome == Outcome.SKIP:
+                await self._record(item, channel, "filtered", error=decision.reason)
+                continue
+            if decision.outcome == Outcome.DELAY and decision.until is not None:
+                until = max(until or decision.until, decision.until)
+            channels.append(channel)
+        if not channels:
+            item.drop("no channel left to send on")
+            return
+        item.attrs["channels"], item.attrs["mode"] = tuple(channels), route.mode
+        item.attrs["until"] = until
+
+    async def render(self, items: list[Item]) -> list[Item]:
+        """Render each channel's content; a template failure is a recorded failure."""
+        out: list[Item] = []
+        for item in items:
+            n: Notification = item.value
+            contents: dict[Channel, Content] = {}
+            for channel in item.attrs["channels"]:
+                try:
+                    contents[channel] = await self.services.renderer.render(n, channel)
+                except TemplateError as exc:
+                    await self._record(item, channel, "failed", error=str(exc))
+            channels = tuple(c for c in item.attrs["channels"] if c in contents)
+            if not channels:
+                item.drop("no channel could be rendered")
+                out.append(item)
+                continue
+            out.extend(await self._dispatch(item, n, channels, contents))
+        return out
+
+    async def _dispatch(
+        self, item: Item, n: Notification, channels: tuple[Channel, ...],
+        contents: dict[Channel, Content],
+    ) -> list[Item]:
+        mode = item.attrs["mode"]
+        accepted = item.message.envelope.created_ms
+        legs = [channels] if mode == "fallback" else [(c,) for c in channels]
+        out = []
+        for leg in legs:
+            dispatch = Dispatch(
+                message_id=item.message.id, notification=n, channels=leg, mode=mode,
+                contents={c: contents[c] for c in leg}, accepted_ms=accepted,
+            )
+            output = "orchestration" if mode == "fallback" else leg[0]
+            until: datetime | None = item.attrs["until"]
+            if until is not None:
+                await self._delay(item, dispatch, output, until)
+                continue
+            split = item.split(dispatch)
+            split.route(output)
+            out.append(split)
+        if not out:
+            item.drop("delayed")
+            out.append(item)
+        return out
+
+    async def _delay(self, item: Item, dispatch: Dispatch, output: str, until: datetime) -> None:
+        topic = self.orchestration if dispatch.mode == "fallback" else (
+            self.channel_topics[dispatch.channels[0]]
+        )
+        await self.services.schedules.schedule_once(
+            topic.name, dispatch.model_dump(mode="json"), until,
+            key=item.key, priority=item.priority, name=f"delay:{item.message.id}:{output}",
+        )
+        for channel in dispatch.channels:
+            await self._record(item, channel, "delayed", error=f"until {until.isoformat()}")
+
+    async def _record(self, item: Item, channel: Channel, state: DeliveryState, *,
+                      error: str | None = None) -> None:
+        n: Notification = item.value
+        addresses = n.recipient.addresses(channel) or (n.recipient.user_id,)
+        for address in addresses:
+            await self.services.ledger.record_delivery(
+                item.message.id, channel, address, state, error=error
+            )
+        self.tally.count(channel, state, len(addresses))
+
+    # -- delivery -------------------------------------------------------------------------
+
+    async def deliver(self, items: list[Item]) -> list[Item]:
+        """Send every item through its channel's provider (or walk its fallback chain)."""
+        slots = asyncio.Semaphore(self._send_slots)
+
+        async def one(item: Item) -> None:
+            async with slots:
+                await self._deliver_one(item.value)
+
+        await asyncio.gather(*(one(i) for i in items))
+        return items
+
+    async def _deliver_one(self, dispatch: Dispatch) -> None:
+        for channel in dispatch.channels:
+            results = await self._send(dispatch, channel)
+            if results and all(r.ok for r in results):
+                return  # fallback chains stop at the first channel that delivered
+
+    async def _send(self, dispatch: Dispatch, channel: Channel) -> list[SendResult]:
+        ledger = self.services.ledger
+        provider = self.services.providers.get(channel)
+        if provider is None:
+            for address in dispatch.notification.recipient.addresses(channel):
+                await ledger.record_delivery(
+                    dispatch.message_id, channel, address, "failed",
+                    error=f"no provider is configured for {channel}",
+                )
+            self.tally.count(channel, "failed")
+            return []
+        legs = list(deliveries(dispatch.notification, channel, dispatch.contents[channel]))
+        results = await asyncio.gather(*(provider.send(leg) for leg in legs))
+        done_ms = now_ms()
+        for result in results:
+            await ledger.record_delivery(
+                dispatch.message_id, channel, result.address,
+                "sent" if result.ok else "failed", provider=result.provider,
+                provider_message_id=result.provider_message_id,
+                error=None if result.failure is None else result.failure.reason,
+            )
+            self.tally.count(channel, "sent" if result.ok else "failed")
+            if result.ok:
+                self.tally.latencies_ms.setdefault(channel, []).append(
+                    done_ms - dispatch.accepted_ms
+                )
+        return list(results)
+
+
+def build(name: str = "notifications", **options: object) -> NotificationPipeline:
+    """A new App carrying the notification pipeline (``options`` go to the pipeline)."""
+    return NotificationPipeline(App(name), **options)  # type: ignore[arg-type]
+
+
+pipeline = build()
+app = pipeline.app
+graph = pipeline.pipeline
