@@ -310,10 +310,23 @@ async def running(
     *,
     transport: Any = None,
     consumer: str = "test-consumer",
+    database: bool = False,
 ) -> AsyncIterator[Harness]:
-    """Start ``app`` (on a MemoryTransport unless told otherwise) with its agents consuming."""
+    """Start ``app`` (on a MemoryTransport unless told otherwise) with its agents consuming.
+
+    With ``database`` it also opens PostgreSQL and applies the migrations, as a worker does.
+    """
     settings = settings or Settings(namespace="test", block_ms=50, claim_idle_ms=500)
-    await app.start(settings, transport=transport or MemoryTransport())
+    if database:
+        from tidings import migrate
+        from tidings.connections import open_database
+
+        engine = await open_database(settings)
+        try:
+            await migrate.upgrade(engine, settings.database_schema)
+        finally:
+            await engine.dispose()
+    await app.start(settings, transport=transport or MemoryTransport(), database=database)
     harness = Harness(app, consumer)
     try:
         await harness._start()

@@ -68,6 +68,7 @@ class Services:
     """What the steps need once connections are open; built by the app's start hook."""
 
     ledger: LedgerWriter
+    templates: TemplateStore
     renderer: Renderer
     preferences: PreferenceStore
     schedules: Schedules
@@ -138,9 +139,11 @@ class NotificationPipeline:
 
     async def _start(self, app: App) -> None:
         engine = app.engine
+        templates = TemplateStore(engine)
         self._services = Services(
             ledger=LedgerWriter(engine),
-            renderer=Renderer(TemplateStore(engine)),
+            templates=templates,
+            renderer=Renderer(templates),
             preferences=PreferenceStore(engine),
             schedules=Schedules(engine),
             providers=await self._providers(app),

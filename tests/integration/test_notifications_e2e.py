@@ -1,0 +1,211 @@
+"""The notification pipeline end to end: real Redis, real PostgreSQL, a local SMTP server
+(STARTTLS + AUTH) and local Twilio / FCM / webhook stand-ins over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import time as clock
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import text
+
+from tidings import Settings
+from tidings.capture import LocalProviders
+from tidings.connections import connect_redis
+from tidings.notification import Notification, parse_notification
+from tidings.pipelines.notifications import NotificationPipeline, build
+from tidings.pipelines.preferences import Preferences, QuietHours
+from tidings.sinks import build_providers
+from tidings.streams import RedisTransport
+from tidings.testing import Harness, running
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres]
+
+
+@dataclass
+class World:
+    pipeline: NotificationPipeline
+    local: LocalProviders
+    harness: Harness
+
+    async def ledger(self, message_id: str) -> list[tuple[str, str, str, str | None]]:
+        """(channel, recipient, state, error) rows of one notification, once all are written."""
+        await self.pipeline.services.ledger.flush()
+        async with self.pipeline.app.engine.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT channel, recipient, state, last_error FROM deliveries"
+                     " WHERE message_id = :id ORDER BY channel, recipient"), {"id": message_id})
+            return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    async def settle(self, message_id: str, expected_rows: int, within: float = 10.0) -> list[
+        tuple[str, str, str, str | None]
+    ]:
+        deadline = time.monotonic() + within
+        while True:
+            rows = await self.ledger(message_id)
+            final = [r for r in rows if r[2] != "accepted"]
+            if len(final) >= expected_rows or time.monotonic() > deadline:
+                return rows
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def world(
+    redis_url: str, database_url: str, namespace: str, schema_name: str
+) -> AsyncIterator[World]:
+    settings = Settings(
+        redis_url=redis_url, database_url=database_url, namespace=namespace,
+        database_schema=schema_name, block_ms=50, partitions=2,
+    )
+    async with LocalProviders() as local:
+        client = httpx.AsyncClient(limits=httpx.Limits(max_connections=8))
+
+        async def providers(_: Any) -> Any:
+            return build_providers(local.settings, client, tls_context=local.client_tls)
+
+        pipeline = build("e2e", providers=providers)
+        redis = await connect_redis(redis_url, settings)
+        blocking = await connect_redis(redis_url, settings)
+        try:
+            async with running(pipeline.app, settings, transport=RedisTransport(redis, blocking),
+                               database=True) as harness:
+                yield World(pipeline, local, harness)
+        finally:
+            await client.aclose()
+            await _drop(settings, redis_url, namespace, schema_name)
+
+
+async def _drop(settings: Settings, redis_url: str, namespace: str, schema: str) -> None:
+    async with Redis.from_url(redis_url) as admin:
+        doomed = [k async for k in admin.scan_iter(match=f"{namespace}*", count=1000)]
+        if doomed:
+            await admin.delete(*doomed)
+    from tidings.connections import open_database
+
+    engine = await open_database(settings)
+    async with engine.begin() as conn:
+        await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    await engine.dispose()
+
+
+def notification(**changes: Any) -> Notification:
+    data: dict[str, Any] = {
+        "type": "order.shipped",
+        "channels": ["email", "sms", "push"],
+        "recipient": {"user_id": "u-1", "email": "ada@example.com", "phone": "+14155550123",
+                      "device_tokens": ["device-1"], "timezone": "Europe/Lisbon"},
+        "content": {"subject": "Shipped", "title": "Shipped", "body": "Order 7 is on its way"},
+    }
+    data.update(changes)
+    return parse_notification(data)
+
+
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition still false"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_notification_is_sent_on_every_channel_it_names(world: World) -> None:
+    msg_id = await world.pipeline.publish(notification())
+    rows = await world.settle(msg_id, 3)
+    assert [(c, s) for c, _, s, _ in rows] == [("email", "sent"), ("push", "sent"),
+                                              ("sms", "sent")]
+    mail = world.local.smtp.messages[0]
+    assert mail.tls
+    assert mail.login == "tidings"
+    assert mail.message["Subject"] == "Shipped"
+    assert [s.body for s in world.local.http.sms] == ["Order 7 is on its way"]
+    assert [p.token for p in world.local.http.push] == ["device-1"]
+
+
+async def test_a_template_is_rendered_per_channel_and_locale_with_fallback(world: World) -> None:
+    store = world.pipeline.services.templates
+    await store.put("shipped", "sms", "pt", body="Encomenda {{ order }} enviada")
+    await store.put("shipped", "sms", "en", body="Order {{ order }} shipped")
+    msg_id = await world.pipeline.publish(notification(
+        channels=["sms"], content=None, template="shipped", data={"order": "42"},
+        recipient={"user_id": "u-2", "phone": "+14155550124", "locale": "pt-BR"},
+    ))
+    await world.settle(msg_id, 1)
+    assert [s.body for s in world.local.http.sms] == ["Encomenda 42 enviada"]
+
+
+async def test_publishing_the_same_idempotency_key_twice_sends_once(world: World) -> None:
+    first = await world.pipeline.publish(notification(channels=["sms"], idempotency_key="k-1"))
+    await world.pipeline.publish(notification(channels=["sms"], idempotency_key="k-1"))
+    await world.settle(first, 1)
+    await world.harness.drain()
+    await asyncio.sleep(0.2)
+    assert len(world.local.http.sms) == 1
+    assert world.pipeline.tally.outcomes.get(("*", "duplicate")) == 1
+
+
+async def test_an_opted_out_channel_is_skipped_and_recorded(world: World) -> None:
+    await world.pipeline.services.preferences.put(
+        Preferences(user_id="u-3", tenant="default", opted_out=frozenset({"sms"}))
+    )
+    msg_id = await world.pipeline.publish(notification(
+        channels=["email", "sms"], recipient={"user_id": "u-3", "email": "u3@example.com",
+                                              "phone": "+14155550125"},
+    ))
+    rows = await world.settle(msg_id, 2)
+    assert [(c, s) for c, _, s, _ in rows] == [("email", "sent"), ("sms", "filtered")]
+    assert "opted out" in (rows[1][3] or "")
+    assert world.local.http.sms == type(world.local.http.sms)()
+
+
+async def test_quiet_hours_delay_a_notification_but_not_a_critical_one(world: World) -> None:
+    everywhere = QuietHours(start=clock(0, 0), end=clock(23, 59))
+    await world.pipeline.services.preferences.put(
+        Preferences(user_id="u-4", tenant="default", quiet_hours=everywhere, timezone="UTC")
+    )
+    recipient = {"user_id": "u-4", "phone": "+14155550126"}
+    quiet = await world.pipeline.publish(notification(channels=["sms"], recipient=recipient))
+    urgent = await world.pipeline.publish(notification(
+        channels=["sms"], recipient=recipient, priority="critical",
+    ))
+    assert [s for _, _, s, _ in await world.settle(quiet, 1)] == ["delayed"]
+    assert [s for _, _, s, _ in await world.settle(urgent, 1)] == ["sent"]
+    async with world.pipeline.app.engine.connect() as conn:
+        held = (await conn.execute(text("SELECT count(*) FROM schedules"))).scalar()
+    assert held == 1
+
+
+async def test_a_template_that_fails_to_render_is_a_recorded_failure(world: World) -> None:
+    store = world.pipeline.services.templates
+    await store.put("broken", "sms", "en", body="Hello {{ missing.name }}")
+    msg_id = await world.pipeline.publish(notification(
+        channels=["sms"], content=None, template="broken", data={},
+    ))
+    rows = await world.settle(msg_id, 1)
+    assert [(c, s) for c, _, s, _ in rows] == [("sms", "failed")]
+    assert "broken" in (rows[0][3] or "")
+
+
+async def test_auto_channels_fall_back_from_an_invalid_push_token_to_sms(world: World) -> None:
+    await world.pipeline.services.preferences.put(
+        Preferences(user_id="u-5", tenant="default", channel_order=("push", "sms"))
+    )
+    msg_id = await world.pipeline.publish(notification(
+        channels="auto", recipient={"user_id": "u-5", "phone": "+14155550127",
+                                    "device_tokens": ["invalid-token"]},
+    ))
+    rows = await world.settle(msg_id, 2)
+    assert [(c, s) for c, _, s, _ in rows] == [("push", "failed"), ("sms", "sent")]
+    assert len(world.local.http.sms) == 1
+
+
+async def test_a_provider_answering_garbage_is_a_recorded_failure(world: World) -> None:
+    world.local.http.fault("sms", status=200, body=b"<html>oops</html>", times=1)
+    msg_id = await world.pipeline.publish(notification(channels=["sms"]))
+    rows = await world.settle(msg_id, 1)
+    assert [(c, s) for c, _, s, _ in rows] == [("sms", "failed")]
+    assert rows[0][3]
