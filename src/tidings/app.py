@@ -132,6 +132,10 @@ class App:
         return self._engine
 
     @property
+    def has_database(self) -> bool:
+        return self._engine is not None
+
+    @property
     def started(self) -> bool:
         return self._transport is not None
 

@@ -124,11 +124,12 @@ class NotificationPipeline:
         outputs: dict[str, Topic[Dispatch]] = {c: t for c, t in self.channel_topics.items()}
         outputs["orchestration"] = self.orchestration
         graph.stage("intake", source=self.intake, outputs=outputs,
-                    steps=[self.accept, self.route, self.render])
+                    steps=[self.accept, self.route, self.render, self.write_ledger])
         for channel, topic in self.channel_topics.items():
-            graph.stage(channel, source=topic, steps=[self.deliver], terminal=True)
-        graph.stage("orchestration", source=self.orchestration, steps=[self.deliver],
-                    terminal=True)
+            graph.stage(channel, source=topic, steps=[self.deliver, self.write_ledger],
+                        terminal=True)
+        graph.stage("orchestration", source=self.orchestration,
+                    steps=[self.deliver, self.write_ledger], terminal=True)
         return graph
 
     @property
@@ -138,6 +139,8 @@ class NotificationPipeline:
         return self._services
 
     async def _start(self, app: App) -> None:
+        if not app.has_database:
+            return  # a producer (e.g. `tidings publish`) only needs the intake topic
         engine = app.engine
         templates = TemplateStore(engine)
         self._services = Services(
@@ -285,7 +288,9 @@ class NotificationPipeline:
             topic.name, dispatch.model_dump(mode="json"), until,
             key=item.key, priority=item.priority, name=f"delay:{item.message.id}:{output}",
         )
-        for channel in dispatch.channels:
+        # A fallback chain records only its first channel: the others get a row only if the
+        # chain reaches them, as when it is not delayed (else they would stay delayed forever).
+        for channel in dispatch.channels[:1]:
             await self._record(item, channel, "delayed", error=f"until {until.isoformat()}")
 
     async def _record(self, item: Item, channel: Channel, state: DeliveryState, *,
@@ -297,6 +302,12 @@ class NotificationPipeline:
                 item.message.id, channel, address, state, error=error
             )
         self.tally.count(channel, state, len(addresses))
+
+    async def write_ledger(self, items: list[Item]) -> list[Item]:
+        """Write the batch's ledger rows before its messages are acked (DESIGN.md D2): a crash
+        after the ack must not lose the record of what was sent, filtered or failed."""
+        await self.services.ledger.flush()
+        return items
 
     # -- delivery -------------------------------------------------------------------------
 
