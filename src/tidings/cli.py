@@ -90,6 +90,10 @@ def worker(
     migrate: Annotated[
         bool, typer.Option(help="Apply pending migrations at start (else refuse to start).")
     ] = True,
+    http_port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="Serve /metrics and /health/* on this port."),
+    ] = None,
 ) -> None:
     """Run the agents of one pipeline module until SIGTERM / SIGINT, then stop gracefully."""
     from tidings.loading import load_app
@@ -98,7 +102,8 @@ def worker(
     async def main() -> None:
         app = load_app(app_path)
         await Worker(
-            app, settings(), name=name, concurrency=concurrency, agents=agent, migrate=migrate
+            app, settings(), name=name, concurrency=concurrency, agents=agent, migrate=migrate,
+            http_port=http_port,
         ).run()
 
     run(main())
@@ -185,6 +190,32 @@ def graph(
     run(main())
 
 
+@cli.command()
+def serve(
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 9464,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+) -> None:
+    """Serve /metrics, /health/live and /health/ready for the configured servers."""
+    from tidings.observability.server import serve_command
+
+    run(serve_command(settings(), host, port, out))
+
+
+@cli.command()
+def queues(
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = (
+        False
+    ),
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every second until Ctrl-C.")] = (
+        False
+    ),
+) -> None:
+    """Depth, pending, lag, consumers, oldest pending age and dead letters of every topic."""
+    from tidings.observability.queues import queues_command
+
+    run(queues_command(settings(), json_output, watch, out))
+
+
 @embedded_cli.command("status")
 def embedded_status() -> None:
     """Show the embedded servers of TIDINGS_HOME and where their data lives."""
@@ -221,6 +252,22 @@ def example(
     run(run_example(settings(), count, json_output, out))
 
 
+@cli.command()
+def demo(
+    count: Annotated[int, typer.Option(min=1, help="Notifications to publish.")] = 10_000,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = (
+        False
+    ),
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the run's Redis keys and database schema.")
+    ] = False,
+) -> None:
+    """Run the notification pipeline end to end with local providers and print a summary."""
+    from tidings.demo import demo_command
+
+    run(demo_command(settings(), count, json_output, keep, out, err))
+
+
 @bench_cli.command()
 def transport(
     count_scale: Annotated[
@@ -239,6 +286,23 @@ def transport(
 
     counts = Counts.from_options(count_scale, single, pipelined, consume, repeats)
     run(transport_command(settings(), counts, json_output, out, err))
+
+
+@bench_cli.command()
+def pipeline(
+    drain: Annotated[int, typer.Option(min=1, help="Notifications drained per run.")] = 20_000,
+    rate: Annotated[int, typer.Option(min=1, help="Steady offered load, per second.")] = 5_000,
+    seconds: Annotated[float, typer.Option(min=0.1, help="How long the steady load runs.")] = (
+        4.0
+    ),
+    repeats: Annotated[int, typer.Option(min=1, help="Runs of each measure (medians).")] = 3,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """The notification pipeline (ledger on, no-op provider) next to a raw consume loop."""
+    from tidings.bench.pipeline import Counts, pipeline_command
+
+    counts = Counts(drain=drain, rate=rate, steady_s=seconds, repeats=repeats)
+    run(pipeline_command(settings(), counts, json_output, out, err))
 
 
 def main() -> None:

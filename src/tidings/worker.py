@@ -13,11 +13,17 @@ import os
 import signal
 import socket
 from contextlib import suppress
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
 
 from tidings.app import App
 from tidings.errors import ConfigurationError
 from tidings.ownership import PartitionOwner
 from tidings.settings import Settings
+
+if TYPE_CHECKING:
+    from tidings.observability.server import ObservabilityServer
 
 log = logging.getLogger("tidings.worker")
 
@@ -40,6 +46,9 @@ class Worker:
         agents: list[str] | None = None,
         database: bool = True,
         migrate: bool = True,
+        http_port: int | None = None,
+        http_host: str = "0.0.0.0",
+        registry: CollectorRegistry | None = None,
     ) -> None:
         if not app.agents:
             raise ConfigurationError(f"app {app.name!r} declares no agents: nothing to run")
@@ -54,6 +63,11 @@ class Worker:
         self.consumer = consumer_name(name)
         self.database = database
         self.migrate = migrate
+        # With a port, /metrics and /health/* are served while the worker runs (0: any port).
+        self.http_port = http_port
+        self.http_host = http_host
+        self.registry = registry
+        self.http: ObservabilityServer | None = None
         self.agents = [a for n, a in app.agents.items() if not agents or n in agents]
         if concurrency is not None:
             for agent in self.agents:
@@ -100,9 +114,22 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat()) if self.database else None
         log.info("worker %s consuming %s", self.consumer, ", ".join(a.name for a in self.agents))
         try:
+            if self.http_port is not None:
+                await self._serve_http(self.http_port)
             await self._stop.wait()
         finally:
             await self._shutdown(heartbeat)
+            if self.http is not None:
+                await self.http.stop()
+
+    async def _serve_http(self, port: int) -> None:
+        from tidings.observability.server import ObservabilityServer
+        from tidings.observability.sources import Sources
+
+        sources = Sources.from_app(self.app, agents=self.agents, owners=lambda: self.owners)
+        registry = self.registry if self.registry is not None else CollectorRegistry()
+        self.http = ObservabilityServer(sources, registry, host=self.http_host, port=port)
+        await self.http.start()
 
     async def _shutdown(self, heartbeat: asyncio.Task[None] | None) -> None:
         await asyncio.shield(asyncio.gather(*(owner.stop() for owner in self.owners)))
