@@ -18,6 +18,7 @@ run`` for delayed deliveries).
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -76,15 +77,25 @@ class Services:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
+# Latencies kept per channel: the most recent ones only, so a long-running worker stays bounded.
+KEPT_LATENCIES = 100_000
+
+
 @dataclass
 class Tally:
     """In-process counts and latencies, for the demo and the benchmark."""
 
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
-    latencies_ms: dict[str, list[float]] = field(default_factory=dict)
+    latencies_ms: dict[str, deque[float]] = field(default_factory=dict)
 
     def count(self, channel: str, outcome: str, n: int = 1) -> None:
         self.outcomes[(channel, outcome)] = self.outcomes.get((channel, outcome), 0) + n
+
+    def latency(self, channel: str, ms: float) -> None:
+        kept = self.latencies_ms.get(channel)
+        if kept is None:
+            kept = self.latencies_ms[channel] = deque(maxlen=KEPT_LATENCIES)
+        kept.append(ms)
 
 
 async def providers_from_env(app: App) -> dict[Channel, Provider]:
@@ -351,9 +362,7 @@ class NotificationPipeline:
             )
             self.tally.count(channel, "sent" if result.ok else "failed")
             if result.ok:
-                self.tally.latencies_ms.setdefault(channel, []).append(
-                    done_ms - dispatch.accepted_ms
-                )
+                self.tally.latency(channel, done_ms - dispatch.accepted_ms)
         return list(results)
 
 

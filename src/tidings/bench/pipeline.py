@@ -1,0 +1,329 @@
+"""`tidings bench pipeline`: the whole notification pipeline next to a raw redis-py consume loop.
+
+One in-process worker runs validate → route → render a stored template → send to a no-op
+provider → ledger in PostgreSQL. Two measures, each run several times (medians reported):
+
+- drain: N notifications prefilled, then consumed until every one is sent and its ledger rows
+  are written — notifications/s; the raw XREADGROUP COUNT 100 + XACK loop drains the same
+  number of identical entries in the same run, taking turns with it (who goes first alternates);
+- steady: a paced publisher offers a fixed rate for a few seconds — end-to-end latency from the
+  envelope's creation to the provider's acceptance, p50 / p99.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from statistics import median
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tidings.app import App
+from tidings.bench.stats import rate
+from tidings.bench.transport import BATCH, _version, drop_keys
+from tidings.connections import connect_redis, open_database, redacted, resolve_redis_url
+from tidings.database import quote_ident
+from tidings.errors import TidingsError
+from tidings.message import Envelope, encode, new_id, now_ms
+from tidings.migrate import upgrade
+from tidings.notification import CHANNELS, Channel, Notification
+from tidings.pipelines.notifications import INTAKE, NotificationPipeline, Tally
+from tidings.pipelines.templates import TemplateStore
+from tidings.settings import Settings
+from tidings.sinks.base import NoopProvider, Provider
+from tidings.streams import RedisTransport
+from tidings.testing import running
+
+TARGET_PER_S = 10_000
+TARGET_P99_MS = 15.0
+TEMPLATE = "bench.notice"
+GROUP = "bench.raw"
+PREFILL_BATCH = 500
+TICK_S = 0.005  # the paced publisher's step
+
+Step = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Notifications drained per run, the steady rate and how long it is held, runs."""
+
+    drain: int = 20_000
+    rate: int = 5_000
+    steady_s: float = 4.0
+    repeats: int = 3
+
+
+def sample(n: int) -> list[Notification]:
+    """``n`` template notifications, one leg each, over email / SMS / push."""
+    channels: tuple[Channel, ...] = ("email", "sms", "push")
+    out = []
+    for i in range(n):
+        user = f"user-{i % 5000}"
+        out.append(Notification.model_validate({
+            "type": "order.shipped", "channels": [channels[i % 3]], "template": TEMPLATE,
+            "data": {"order_id": i, "carrier": "DHL"},
+            "recipient": {"user_id": user, "email": f"{user}@example.com",
+                          "phone": f"+1415555{i % 10_000:04d}", "device_tokens": [f"tok-{i}"],
+                          "locale": "en-GB", "timezone": "Europe/London"},
+        }))
+    return out
+
+
+async def _noop_providers(app: App) -> dict[Channel, Provider]:
+    return {c: NoopProvider(c) for c in CHANNELS}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+class PipelineBench:
+    """The pipeline under test, a publisher of its own, and the raw client for the baseline."""
+
+    def __init__(self, config: Settings, url: str, raw: Redis) -> None:
+        self.config, self.url, self.raw = config, url, raw
+        self.pipeline = NotificationPipeline(App("bench-pipeline"), providers=_noop_providers)
+        self.publisher = App("bench-publisher")
+        self.intake = self.publisher.topic(INTAKE, model=Notification)
+        self.values = sample(PREFILL_BATCH)
+        envelope = Envelope(id=new_id(), created_ms=now_ms(), enqueued_ms=now_ms())
+        self.fields = encode(envelope, self.values[0].model_dump_json().encode())
+        self.raw_stream = f"{config.namespace}:raw"
+
+    def fresh(self, n: int) -> list[Notification]:
+        """``n`` notifications, each with an idempotency key of its own."""
+        values = self.values
+        return [values[i % len(values)].model_copy(update={"idempotency_key": new_id()})
+                for i in range(n)]
+
+    async def publish(self, batch: list[Notification]) -> None:
+        for low in range(0, len(batch), PREFILL_BATCH):
+            await self.intake.send_many(batch[low:low + PREFILL_BATCH],
+                                        key=lambda v: v.recipient.user_id)
+
+    # -- the raw baseline -----------------------------------------------------------------
+
+    async def raw_drain(self, n: int) -> float:
+        """Prefill ``n`` identical entries, then XREADGROUP COUNT 100 + one XACK a batch."""
+        raw, stream = self.raw, self.raw_stream
+        await raw.delete(stream)
+        for low in range(0, n, BATCH):
+            pipe = raw.pipeline(transaction=False)
+            for _ in range(min(BATCH, n - low)):
+                pipe.xadd(stream, self.fields)  # type: ignore[arg-type]
+            await pipe.execute()
+        await raw.xgroup_create(stream, GROUP, id="0")
+        start = time.perf_counter()
+        done = 0
+        while done < n:
+            reply: Any = await raw.xreadgroup(GROUP, "raw", {stream: ">"}, count=BATCH)
+            if not reply:
+                raise TidingsError(f"the raw consumer found only {done} of {n} entries")
+            ids = [entry_id for entry_id, _ in reply[0][1]]
+            await raw.xack(stream, GROUP, *ids)
+            done += len(ids)
+        elapsed = time.perf_counter() - start
+        await raw.delete(stream)
+        return rate(n, elapsed)
+
+    # -- the pipeline ---------------------------------------------------------------------
+
+    async def tidings_drain(self, n: int) -> float:
+        """Prefill ``n`` notifications, then run the pipeline until all are sent and in the
+        ledger."""
+        await self.publish(self.fresh(n))
+        tally = self.pipeline.tally = Tally()
+        async with self._running():
+            start = time.perf_counter()
+            await self._until_sent(tally, n, 60 + n / 500)
+            await self.pipeline.services.ledger.flush()
+            return rate(n, time.perf_counter() - start)
+
+    async def steady(self, per_s: int, seconds: float) -> tuple[float, float, float]:
+        """Offer ``per_s`` for ``seconds``; (achieved rate, p50 ms, p99 ms)."""
+        total = max(1, round(per_s * seconds))
+        batch = self.fresh(total)
+        tally = self.pipeline.tally = Tally()
+        async with self._running():
+            start = time.perf_counter()
+            sent = 0
+            while sent < total:
+                due = min(total, round(per_s * (time.perf_counter() - start)))
+                if due > sent:
+                    await self.publish(batch[sent:due])
+                    sent = due
+                await asyncio.sleep(TICK_S)
+            achieved = rate(total, time.perf_counter() - start)
+            await self._until_sent(tally, total, 60 + total / 500)
+            await self.pipeline.services.ledger.flush()
+        latencies = [ms for values in tally.latencies_ms.values() for ms in values]
+        return achieved, _percentile(latencies, 0.5), _percentile(latencies, 0.99)
+
+    @contextlib.asynccontextmanager
+    async def _running(self) -> AsyncIterator[None]:
+        """The pipeline's agents consuming, on connection pools of their own."""
+        transport = RedisTransport(await connect_redis(self.url, self.config),
+                                   await connect_redis(self.url, self.config))
+        async with running(self.pipeline.app, self.config, transport=transport,
+                           consumer="bench", database=True):
+            yield
+
+    @staticmethod
+    async def _until_sent(tally: Tally, n: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while sum(v for (_, state), v in tally.outcomes.items() if state == "sent") < n:
+            if time.monotonic() > deadline:
+                raise TidingsError(f"the pipeline did not send {n} notifications in "
+                                   f"{timeout_s:.0f}s: {tally.outcomes}")
+            await asyncio.sleep(0.002)
+
+
+async def _seed(engine: AsyncEngine, schema: str) -> None:
+    await upgrade(engine, schema)
+    store = TemplateStore(engine)
+    for channel in ("email", "sms", "push"):
+        await store.put(TEMPLATE, channel, "en", subject="Order {{ order_id }} shipped",
+                        title="Order {{ order_id }} shipped",
+                        body="Hi {{ recipient.user_id }}, order {{ order_id }} left with "
+                             "{{ carrier }}.")
+
+
+async def run_pipeline_bench(
+    settings: Settings, counts: Counts, step: Step = lambda _label, _done: None
+) -> dict[str, Any]:
+    """Both measures ``counts.repeats`` times; the report as one JSON-able dict."""
+    url = await resolve_redis_url(settings)
+    suffix = uuid.uuid4().hex[:8]
+    config = settings.model_copy(update={
+        "redis_url": url, "namespace": f"{settings.namespace}-bench-{suffix}",
+        "database_schema": f"{settings.database_schema}_bench_{suffix}", "block_ms": 100,
+    })
+    started = time.perf_counter()
+    raw = Redis.from_url(url)
+    engine = await open_database(config)
+    runs: dict[str, list[float]] = {k: [] for k in (
+        "raw_per_s", "notifications_per_s", "achieved_per_s", "latency_p50_ms",
+        "latency_p99_ms")}
+    try:
+        await _seed(engine, config.database_schema)
+        bench = PipelineBench(config, url, raw)
+        await bench.publisher.start(config)
+        try:
+            for repeat in range(counts.repeats):
+                step(f"drain, run {repeat + 1}/{counts.repeats}", 2 * repeat)
+                sides = [("raw_per_s", bench.raw_drain),
+                         ("notifications_per_s", bench.tidings_drain)]
+                for name, side in sides if repeat % 2 == 0 else sides[::-1]:
+                    runs[name].append(await side(counts.drain))
+                step(f"steady {counts.rate:,}/s, run {repeat + 1}/{counts.repeats}",
+                     2 * repeat + 1)
+                achieved, p50, p99 = await bench.steady(counts.rate, counts.steady_s)
+                runs["achieved_per_s"].append(achieved)
+                runs["latency_p50_ms"].append(p50)
+                runs["latency_p99_ms"].append(p99)
+            step("done", 2 * counts.repeats)
+            server = await raw.info("server")
+        finally:
+            await bench.publisher.stop()
+    finally:
+        await drop_keys(raw, config.namespace)
+        await raw.aclose()
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(f"DROP SCHEMA IF EXISTS {quote_ident(config.database_schema)} CASCADE"))
+        await engine.dispose()
+    medians = {name: median(values) for name, values in runs.items()}
+    return {
+        "bench": "pipeline",
+        "notifications_per_s": medians["notifications_per_s"],
+        "raw_per_s": medians["raw_per_s"],
+        "ratio": medians["notifications_per_s"] / medians["raw_per_s"],
+        "latency_p50_ms": medians["latency_p50_ms"],
+        "latency_p99_ms": medians["latency_p99_ms"],
+        "offered_per_s": counts.rate,
+        "achieved_per_s": medians["achieved_per_s"],
+        "targets": {"notifications_per_s": TARGET_PER_S, "latency_p99_ms": TARGET_P99_MS},
+        "passed": {
+            "throughput": medians["notifications_per_s"] >= TARGET_PER_S,
+            "latency": medians["latency_p99_ms"] <= TARGET_P99_MS,
+        },
+        "runs": runs,
+        "counts": {"drain": counts.drain, "steady": round(counts.rate * counts.steady_s)},
+        "repeats": counts.repeats,
+        "ledger": True,
+        "provider": "noop",
+        "redis_url": redacted(url),
+        "redis_version": str(server["redis_version"]),
+        "redis_py_version": _version("redis"),
+        "python_version": platform.python_version(),
+        "tidings_version": _version("tidings"),
+        "cpus": os.cpu_count(),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def render(report: dict[str, Any], console: Console) -> None:
+    def verdict(ok: bool) -> str:
+        return "[green]pass[/]" if ok else "[bold red]FAIL[/]"
+
+    table = Table(title="tidings bench pipeline: validate → route → render → noop send → ledger"
+                        " (medians)")
+    for column in ("measure", "raw redis-py", "tidings", "target", "result"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    table.add_row("drain, notifications/s", f"{report['raw_per_s']:,.0f}",
+                  f"{report['notifications_per_s']:,.0f}", f"≥ {TARGET_PER_S:,}",
+                  verdict(report["passed"]["throughput"]))
+    table.add_row(f"p50 at {report['offered_per_s']:,}/s offered, ms", "",
+                  f"{report['latency_p50_ms']:.1f}", "", "")
+    table.add_row(f"p99 at {report['offered_per_s']:,}/s offered, ms", "",
+                  f"{report['latency_p99_ms']:.1f}", f"≤ {TARGET_P99_MS:.0f}",
+                  verdict(report["passed"]["latency"]))
+    table.caption = (
+        f"ratio tidings / raw {report['ratio']:.3f} · achieved {report['achieved_per_s']:,.0f}/s"
+        f" of {report['offered_per_s']:,}/s offered · Redis {report['redis_version']} · Python"
+        f" {report['python_version']} · {report['cpus']} CPUs · {report['repeats']} runs ·"
+        f" {report['seconds']}s"
+    )
+    console.print(table)
+
+
+async def pipeline_command(
+    settings: Settings, counts: Counts, json_output: bool, out: Console, err: Console
+) -> None:
+    import logging
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    quiet = logging.getLogger("tidings")
+    level = quiet.level
+    if not quiet.isEnabledFor(logging.DEBUG):
+        quiet.setLevel(logging.WARNING)  # each run starts and stops agents: INFO noise
+    try:
+        with Progress(*columns, console=err, transient=True) as progress:
+            task = progress.add_task("starting", total=2 * counts.repeats)
+
+            def step(label: str, done: int) -> None:
+                progress.update(task, description=label, completed=done)
+
+            report = await run_pipeline_bench(settings, counts, step)
+    finally:
+        quiet.setLevel(level)
+    if json_output:
+        out.print(orjson.dumps(report).decode(), soft_wrap=True, markup=False, highlight=False)
+    else:
+        render(report, out)

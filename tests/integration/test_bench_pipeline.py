@@ -1,0 +1,66 @@
+"""`tidings bench pipeline` against real Redis and PostgreSQL, with counts small enough for a
+test: the report's shape, not its figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+from typer.testing import CliRunner
+
+from tidings.bench.pipeline import Counts, run_pipeline_bench
+from tidings.cli import cli
+from tidings.settings import Settings
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres]
+
+
+@pytest.fixture
+def settings(redis_url: str, database_url: str, namespace: str, schema_name: str) -> Settings:
+    return Settings(redis_url=redis_url, database_url=database_url, namespace=namespace,
+                    database_schema=schema_name)
+
+
+async def test_report_has_rates_latencies_and_their_runs(settings: Settings) -> None:
+    report = await run_pipeline_bench(settings, Counts(drain=200, rate=500, steady_s=0.4,
+                                                       repeats=2))
+
+    assert report["bench"] == "pipeline"
+    assert report["notifications_per_s"] > 0
+    assert report["raw_per_s"] > 0
+    assert report["ratio"] == pytest.approx(report["notifications_per_s"] / report["raw_per_s"])
+    assert 0 < report["latency_p50_ms"] <= report["latency_p99_ms"]
+    assert report["passed"] == {
+        "throughput": report["notifications_per_s"] >= report["targets"]["notifications_per_s"],
+        "latency": report["latency_p99_ms"] <= report["targets"]["latency_p99_ms"],
+    }
+    assert all(len(runs) == 2 for runs in report["runs"].values())
+    assert report["counts"] == {"drain": 200, "steady": 200}
+    assert orjson.loads(orjson.dumps(report)) == report
+
+
+async def test_benchmark_leaves_no_key_behind(settings: Settings) -> None:
+    await run_pipeline_bench(settings, Counts(drain=50, rate=200, steady_s=0.2, repeats=1))
+
+    client = Redis.from_url(str(settings.redis_url))
+    try:
+        assert [k async for k in client.scan_iter(match=f"{settings.namespace}*")] == []
+    finally:
+        await client.aclose()
+
+
+def test_json_option_prints_one_json_object(settings: Settings) -> None:
+    env = {"TIDINGS_REDIS_URL": str(settings.redis_url),
+           "TIDINGS_DATABASE_URL": str(settings.database_url),
+           "TIDINGS_NAMESPACE": settings.namespace,
+           "TIDINGS_DATABASE_SCHEMA": settings.database_schema}
+    result = CliRunner().invoke(
+        cli, ["bench", "pipeline", "--json", "--drain", "50", "--rate", "200", "--seconds",
+              "0.2", "--repeats", "1"], env=env)
+
+    assert result.exit_code == 0, result.output
+    report: dict[str, Any] = orjson.loads(result.stdout)
+    for field in ("notifications_per_s", "raw_per_s", "latency_p50_ms", "latency_p99_ms"):
+        assert isinstance(report[field], int | float)
