@@ -240,19 +240,6 @@ def embedded_stop() -> None:
 
 
 @cli.command()
-def example(
-    count: Annotated[int, typer.Option(min=1, help="Orders to publish.")] = 2000,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = (
-        False
-    ),
-) -> None:
-    """Run an example pipeline end to end on the configured (by default embedded) servers."""
-    from tidings.example import run_example
-
-    run(run_example(settings(), count, json_output, out))
-
-
-@cli.command()
 def demo(
     count: Annotated[int, typer.Option(min=1, help="Notifications to publish.")] = 10_000,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = (
