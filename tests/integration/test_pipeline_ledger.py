@@ -323,8 +323,9 @@ async def test_a_row_the_database_rejects_is_dropped_and_named_and_the_rest_writ
 class Proxy:
     """A TCP proxy to PostgreSQL that can be switched off: a database that goes away."""
 
-    def __init__(self, port: int) -> None:
-        self.port, self.target = 0, port
+    def __init__(self, port: int, socket_dir: str | None = None) -> None:
+        # The embedded server listens on a unix socket only: forward to it there.
+        self.port, self.target, self.socket_dir = 0, port, socket_dir
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
 
@@ -341,7 +342,12 @@ class Proxy:
         await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        if self.socket_dir is not None:
+            up_reader, up_writer = await asyncio.open_unix_connection(
+                f"{self.socket_dir}/.s.PGSQL.{self.target}"
+            )
+        else:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
         pipes = [asyncio.create_task(self._pipe(reader, up_writer)),
                  asyncio.create_task(self._pipe(up_reader, writer))]
         self._pipes.update(pipes)
@@ -362,7 +368,8 @@ async def test_rows_kept_while_the_database_is_away_are_written_when_it_is_back(
     engine: AsyncEngine, database_url: str, schema_name: str
 ) -> None:
     port = engine.url.port or 5432
-    proxy = Proxy(port)
+    socket_dir = engine.url.query.get("host")
+    proxy = Proxy(port, socket_dir if isinstance(socket_dir, str) else None)
     await proxy.start()
     url = f"postgresql://{engine.url.username}@127.0.0.1:{proxy.port}/{engine.url.database}"
     proxied = create_engine(url, schema=schema_name, pool_size=1, connect_timeout=1)
