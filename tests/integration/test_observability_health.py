@@ -11,7 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -34,7 +34,7 @@ TIDINGS = Path(sys.executable).parent / "tidings"
 class Proxy:
     """A TCP proxy to one upstream that can be stopped (connections cut) and started again."""
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(self, upstream: tuple[str, int] | str) -> None:
         self.upstream = upstream
         self.port = _free_port()
         self._server: asyncio.Server | None = None
@@ -57,7 +57,10 @@ class Proxy:
         assert task is not None
         self._pipes.add(task)
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            if isinstance(self.upstream, str):  # a unix socket (the embedded server)
+                up_reader, up_writer = await asyncio.open_unix_connection(self.upstream)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self.upstream)
             try:
                 await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
             finally:
@@ -94,9 +97,11 @@ async def direct(database_url: str, schema_name: str) -> AsyncIterator[AsyncEngi
 @pytest.fixture
 async def proxy(database_url: str) -> AsyncIterator[Proxy]:
     parts = urlsplit(database_url)
-    if not parts.hostname:
-        pytest.skip("PostgreSQL is on a unix socket: the TCP proxy needs a host and port")
-    proxy = Proxy((parts.hostname, parts.port or 5432))
+    if parts.hostname:
+        proxy = Proxy((parts.hostname, parts.port or 5432))
+    else:  # the embedded server listens on a unix socket in the directory ?host= names
+        socket_dir = parse_qs(parts.query)["host"][0]
+        proxy = Proxy(f"{socket_dir}/.s.PGSQL.{parts.port or 5432}")
     await proxy.start()
     yield proxy
     await proxy.stop()
@@ -107,10 +112,13 @@ async def server(
     redis_url: str, database_url: str, schema_name: str, proxy: Proxy, namespace: str
 ) -> AsyncIterator[ObservabilityServer]:
     parts = urlsplit(database_url)
-    proxied = parts._replace(netloc=parts.netloc.replace(
-        f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname),
-        f"127.0.0.1:{proxy.port}",
-    )).geturl()
+    if parts.hostname:
+        proxied = parts._replace(netloc=parts.netloc.replace(
+            f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname),
+            f"127.0.0.1:{proxy.port}",
+        )).geturl()
+    else:
+        proxied = f"postgresql://{parts.username}@127.0.0.1:{proxy.port}{parts.path}"
     engine = create_engine(proxied, schema=schema_name, pool_size=2, connect_timeout=1)
     client = Redis.from_url(redis_url)
     sources = Sources(redis=client, namespace=namespace, engine=engine, schema=schema_name,
