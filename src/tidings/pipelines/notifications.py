@@ -7,9 +7,10 @@
 Intake runs its steps chained in one consumer (DESIGN.md D6); each channel has its own topic so a
 slow provider only holds up its own channel. A notification whose channels are ``auto`` walks a
 fallback chain on the orchestration topic. Every decision lands in the ledger: filtered (opted
-out, no address, denied, duplicate), delayed (quiet hours or ``send_at``: held by the scheduler
-in PostgreSQL, then delivered), sent (with the provider's message id) or failed (with the
-reason). Nothing is dropped silently.
+out, no address, denied), delayed (quiet hours or ``send_at``: held by the scheduler in
+PostgreSQL, then delivered), sent (with the provider's message id) or failed (with the reason).
+A second message reusing an accepted idempotency key is not written — the first one's rows
+stand — and is counted and logged instead. Nothing is dropped silently.
 
 Run it with ``tidings worker tidings.pipelines.notifications:app`` (plus ``tidings schedules
 run`` for delayed deliveries).
@@ -18,6 +19,7 @@ run`` for delayed deliveries).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,8 @@ from tidings.sinks.base import Provider, SendResult, deliveries
 from tidings.sinks.providers import build_providers
 from tidings.sinks.settings import ProviderSettings
 from tidings.topic import Topic
+
+log = logging.getLogger("tidings.notifications")
 
 CHANNELS: tuple[Channel, ...] = ("email", "sms", "push", "webhook")
 INTAKE = "notifications"
@@ -210,6 +214,8 @@ class NotificationPipeline:
             if item.message.id in duplicates:
                 item.drop("duplicate idempotency key: already accepted once")
                 self.tally.count("*", "duplicate")
+                log.info("message %s reuses idempotency key %r of tenant %r: not sent again",
+                         item.message.id, item.value.idempotency_key, item.value.tenant)
         return items
 
     async def route(self, items: list[Item]) -> list[Item]:
