@@ -18,8 +18,10 @@ from sqlalchemy import text
 from tidings import Settings
 from tidings.capture import LocalProviders
 from tidings.connections import connect_redis
+from tidings.message import Envelope, Message, Priority
 from tidings.notification import Notification, parse_notification
-from tidings.pipelines.notifications import NotificationPipeline, build
+from tidings.pipelines import Item
+from tidings.pipelines.notifications import Dispatch, NotificationPipeline, build
 from tidings.pipelines.preferences import Preferences, QuietHours
 from tidings.sinks import build_providers
 from tidings.streams import RedisTransport
@@ -209,3 +211,19 @@ async def test_a_provider_answering_garbage_is_a_recorded_failure(world: World) 
     rows = await world.settle(msg_id, 1)
     assert [(c, s) for c, _, s, _ in rows] == [("sms", "failed")]
     assert rows[0][3]
+
+
+async def test_a_redelivered_dispatch_does_not_send_a_leg_the_ledger_has_as_sent(
+    world: World,
+) -> None:
+    n = notification(channels=["sms"])
+    msg_id = await world.pipeline.publish(n)
+    await world.settle(msg_id, 1)
+    dispatch = Dispatch(
+        message_id=msg_id, notification=n, channels=("sms",), mode="fanout",
+        contents={"sms": n.content}, accepted_ms=0,  # type: ignore[dict-item]
+    )
+    again = Message(dispatch, Envelope(id="redelivery"), "1-0", 0, deliveries=2)
+    await world.pipeline.deliver([Item(again, dispatch, None, Priority.NORMAL)])
+    assert len(world.local.http.sms) == 1
+    assert world.pipeline.tally.outcomes[("sms", "already_sent")] == 1

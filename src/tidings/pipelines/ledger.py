@@ -135,6 +135,11 @@ _INSERT_MESSAGES = text(_MESSAGES_SQL)
 # The same insert, telling which rows it wrote: the claims this batch won.
 _CLAIM = text(_MESSAGES_SQL + "RETURNING id")
 
+_SENT = text("""
+SELECT message_id, channel, recipient FROM deliveries
+WHERE message_id = ANY(:ids) AND state = 'sent'
+""")
+
 # The final states in the WHERE keep a finished delivery untouched by anything late.
 _UPSERT_DELIVERIES = text("""
 INSERT INTO deliveries AS d (message_id, channel, recipient, state, provider,
@@ -365,6 +370,19 @@ class LedgerWriter:
             if owner is not None and owner != message_id:
                 duplicates.add(message_id)
         return duplicates
+
+    async def already_sent(self, message_ids: Sequence[str]) -> set[_DeliveryKey]:
+        """(message, channel, recipient) legs of these messages the ledger has as sent: what a
+        redelivered batch must not send again."""
+        if not message_ids:
+            return set()
+        await self.flush()
+
+        async def query(conn: AsyncConnection) -> set[_DeliveryKey]:
+            rows = await conn.execute(_SENT, {"ids": list(message_ids)})
+            return {(r[0], r[1], r[2]) for r in rows}
+
+        return await self._retrying(query)
 
     async def flush(self) -> None:
         """Write every buffered row now; LedgerError if they could not be written."""

@@ -38,7 +38,7 @@ from tidings.pipelines.preferences import Outcome, Preferences, PreferenceStore,
 from tidings.pipelines.routing import Router, Rule
 from tidings.pipelines.templates import Renderer, TemplateError, TemplateStore
 from tidings.scheduling.store import Schedules
-from tidings.sinks.base import Provider, SendResult, deliveries
+from tidings.sinks.base import Delivery, Provider, SendResult, deliveries
 from tidings.sinks.providers import build_providers
 from tidings.sinks.settings import ProviderSettings
 from tidings.topic import Topic
@@ -331,21 +331,27 @@ class NotificationPipeline:
     async def deliver(self, items: list[Item]) -> list[Item]:
         """Send every item through its channel's provider (or walk its fallback chain)."""
         slots = asyncio.Semaphore(self._send_slots)
+        # A redelivered batch (a crash or error after sending, before the ack) must not send
+        # again what the ledger already has as sent.
+        redelivered = [i.value.message_id for i in items if i.message.deliveries > 1]
+        sent = await self.services.ledger.already_sent(redelivered)
 
         async def one(item: Item) -> None:
             async with slots:
-                await self._deliver_one(item.value)
+                await self._deliver_one(item.value, sent)
 
         await asyncio.gather(*(one(i) for i in items))
         return items
 
-    async def _deliver_one(self, dispatch: Dispatch) -> None:
+    async def _deliver_one(self, dispatch: Dispatch, sent: set[tuple[str, str, str]]) -> None:
         for channel in dispatch.channels:
-            results = await self._send(dispatch, channel)
+            results = await self._send(dispatch, channel, sent)
             if results and all(r.ok for r in results):
                 return  # fallback chains stop at the first channel that delivered
 
-    async def _send(self, dispatch: Dispatch, channel: Channel) -> list[SendResult]:
+    async def _send(
+        self, dispatch: Dispatch, channel: Channel, sent: set[tuple[str, str, str]]
+    ) -> list[SendResult]:
         ledger = self.services.ledger
         provider = self.services.providers.get(channel)
         if provider is None:
@@ -357,6 +363,12 @@ class NotificationPipeline:
             self.tally.count(channel, "failed")
             return []
         legs = list(deliveries(dispatch.notification, channel, dispatch.contents[channel]))
+        done = [leg for leg in legs if (dispatch.message_id, channel, leg.address) in sent]
+        if done:
+            self.tally.count(channel, "already_sent", len(done))
+            if len(done) == len(legs):
+                return [_already(leg) for leg in done]
+            legs = [leg for leg in legs if leg not in done]
         results = await asyncio.gather(*(provider.send(leg) for leg in legs))
         done_ms = now_ms()
         for result in results:
@@ -370,6 +382,12 @@ class NotificationPipeline:
             if result.ok:
                 self.tally.latency(channel, done_ms - dispatch.accepted_ms)
         return list(results)
+
+
+def _already(leg: Delivery) -> SendResult:
+    """A leg the ledger had as sent: reported as delivered, not sent again."""
+    return SendResult("ledger", leg.channel, leg.address, leg.idempotency_key, 0.0, 0.0,
+                      provider_message_id="already-sent")
 
 
 def build(name: str = "notifications", **options: object) -> NotificationPipeline:
