@@ -22,28 +22,36 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar, get_args
+from typing import TypeVar
 
-import orjson
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.errors import TidingsError
-from tidings.notification import Notification
+from tidings.pipelines.ledger_rows import (
+    CLAIM,
+    COUNTED,
+    FINAL,
+    INSERT_MESSAGES,
+    SENT,
+    STATES,
+    UPSERT_DELIVERIES,
+    Claim,
+    DeliveryKey,
+    DeliveryRow,
+    DeliveryState,
+    MessageRecord,
+    claim_owners,
+    delivery_columns,
+    message_columns,
+    one_line,
+)
+
+__all__ = ["FINAL", "STATES", "DeliveryState", "LedgerError", "LedgerWriter", "MessageRecord"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-DeliveryState = Literal["accepted", "filtered", "delayed", "sent", "failed", "dead"]
-STATES: tuple[DeliveryState, ...] = get_args(DeliveryState)
-FINAL: frozenset[str] = frozenset({"sent", "filtered", "dead"})
-_COUNTED = frozenset({"sent", "failed"})
-_PRIORITIES = frozenset({"high", "normal", "low"})
-_DeliveryKey = tuple[str, str, str]  # (message_id, channel, recipient)
-_Claim = tuple[str, str]  # (tenant or '', idempotency key)
 
 
 class LedgerError(TidingsError):
@@ -54,183 +62,19 @@ class LedgerError(TidingsError):
         self.rows, self.retained = rows, retained
 
 
-@dataclass(frozen=True, slots=True)
-class MessageRecord:
-    """One ``messages`` row. ``payload`` is JSON-able; ``priority`` a transport lane."""
-
-    id: str
-    topic: str
-    payload: Any
-    priority: str = "normal"
-    type: str | None = None
-    tenant: str | None = None
-    idempotency_key: str | None = None
-    key: str | None = None
-    trace_id: str | None = None
-    created_at: datetime | None = None
-
-    def __post_init__(self) -> None:
-        if self.priority not in _PRIORITIES:
-            raise ValueError(f"priority {self.priority!r} is not a lane: use high, normal or "
-                             "low (critical notifications travel in the high lane)")
-
-    @classmethod
-    def from_notification(
-        cls, message_id: str, topic: str, notification: Notification, **fields: Any
-    ) -> MessageRecord:
-        """The ``messages`` row of a notification published as message ``message_id``."""
-        return cls(
-            message_id, topic, notification.model_dump(mode="json"),
-            priority=notification.lane.value, type=notification.type,
-            tenant=notification.tenant, idempotency_key=notification.idempotency_key, **fields,
-        )
-
-    @property
-    def claim(self) -> _Claim | None:
-        """The (tenant, idempotency key) pair this message claims; None without a key."""
-        return None if self.idempotency_key is None else (self.tenant or "", self.idempotency_key)
-
-
-@dataclass(slots=True)
-class _Delivery:
-    """A pending delivery upsert: the merge of every record for its key since the last flush."""
-
-    state: str
-    provider: str | None
-    provider_message_id: str | None
-    attempts: int
-    error: str | None
-    at: datetime
-    sent_at: datetime | None
-    last_at: datetime
-
-    def then(self, later: _Delivery) -> None:
-        """Apply ``later`` after this one, by the rules the upsert applies in the database."""
-        if self.state in FINAL:
-            return
-        if later.state != "accepted":
-            self.state = later.state
-        self.attempts += later.attempts
-        self.provider = later.provider or self.provider
-        self.provider_message_id = later.provider_message_id or self.provider_message_id
-        self.error = later.error or self.error
-        self.sent_at = self.sent_at or later.sent_at
-        self.last_at = max(self.last_at, later.last_at)
-
-
-
-_MESSAGES_SQL = """
-INSERT INTO messages (id, topic, key, priority, type, tenant, idempotency_key, payload,
-                      trace_id, created_at)
-SELECT id, topic, key, priority, type, tenant, idempotency_key, payload::jsonb, trace_id,
-       coalesce(created_at, now())
-FROM unnest(CAST(:id AS text[]), CAST(:topic AS text[]), CAST(:key AS text[]),
-            CAST(:priority AS text[]), CAST(:type AS text[]), CAST(:tenant AS text[]),
-            CAST(:idempotency_key AS text[]), CAST(:payload AS text[]),
-            CAST(:trace_id AS text[]), CAST(:created_at AS timestamptz[]))
-     AS m(id, topic, key, priority, type, tenant, idempotency_key, payload, trace_id, created_at)
-ON CONFLICT DO NOTHING
-"""
-_INSERT_MESSAGES = text(_MESSAGES_SQL)
-# The same insert, telling which rows it wrote: the claims this batch won.
-_CLAIM = text(_MESSAGES_SQL + "RETURNING id")
-
-_SENT = text("""
-SELECT message_id, channel, recipient FROM deliveries
-WHERE message_id = ANY(:ids) AND state = 'sent'
-""")
-
-# The final states in the WHERE keep a finished delivery untouched by anything late.
-_UPSERT_DELIVERIES = text("""
-INSERT INTO deliveries AS d (message_id, channel, recipient, state, provider,
-                             provider_message_id, attempts, last_error, created_at,
-                             updated_at, sent_at)
-SELECT message_id, channel, recipient, state, provider, provider_message_id, attempts,
-       last_error, at, last_at, sent_at
-FROM unnest(CAST(:message_id AS text[]), CAST(:channel AS text[]), CAST(:recipient AS text[]),
-            CAST(:state AS text[]), CAST(:provider AS text[]),
-            CAST(:provider_message_id AS text[]), CAST(:attempts AS integer[]),
-            CAST(:last_error AS text[]), CAST(:at AS timestamptz[]),
-            CAST(:sent_at AS timestamptz[]), CAST(:last_at AS timestamptz[]))
-     AS u(message_id, channel, recipient, state, provider, provider_message_id, attempts,
-          last_error, at, sent_at, last_at)
-ON CONFLICT (message_id, channel, recipient) DO UPDATE SET
-    state = CASE WHEN excluded.state = 'accepted' THEN d.state ELSE excluded.state END,
-    attempts = d.attempts + excluded.attempts,
-    provider = coalesce(excluded.provider, d.provider),
-    provider_message_id = coalesce(excluded.provider_message_id, d.provider_message_id),
-    last_error = coalesce(excluded.last_error, d.last_error),
-    sent_at = coalesce(d.sent_at, excluded.sent_at),
-    updated_at = greatest(d.updated_at, excluded.updated_at)
-WHERE d.state NOT IN ('sent', 'filtered', 'dead')
-""")
-
-_OWNERS = text("""
-SELECT m.id, coalesce(m.tenant, '') AS tenant, m.idempotency_key
-FROM messages AS m
-JOIN unnest(CAST(:tenant AS text[]), CAST(:idempotency_key AS text[])) AS k(tenant, key)
-  ON coalesce(m.tenant, '') = k.tenant AND m.idempotency_key = k.key
-WHERE m.idempotency_key IS NOT NULL
-""")
-
-
-def _message_columns(records: Sequence[MessageRecord]) -> dict[str, list[Any]]:
-    return {
-        "id": [r.id for r in records],
-        "topic": [r.topic for r in records],
-        "key": [r.key for r in records],
-        "priority": [r.priority for r in records],
-        "type": [r.type for r in records],
-        "tenant": [r.tenant for r in records],
-        "idempotency_key": [r.idempotency_key for r in records],
-        "payload": [orjson.dumps(r.payload).decode() for r in records],
-        "trace_id": [r.trace_id for r in records],
-        "created_at": [r.created_at for r in records],
-    }
-
-
-def _delivery_columns(pending: dict[_DeliveryKey, _Delivery]) -> dict[str, list[Any]]:
-    # In key order, so that two writers upserting overlapping rows lock them in the same
-    # order and cannot deadlock each other.
-    keys = sorted(pending)
-    rows = [pending[key] for key in keys]
-    return {
-        "message_id": [k[0] for k in keys],
-        "channel": [k[1] for k in keys],
-        "recipient": [k[2] for k in keys],
-        "state": [r.state for r in rows],
-        "provider": [r.provider for r in rows],
-        "provider_message_id": [r.provider_message_id for r in rows],
-        "attempts": [r.attempts for r in rows],
-        "last_error": [r.error for r in rows],
-        "at": [r.at for r in rows],
-        "sent_at": [r.sent_at for r in rows],
-        "last_at": [r.last_at for r in rows],
-    }
-
-
-async def _owners(conn: AsyncConnection, claims: list[_Claim]) -> dict[_Claim, str]:
-    """The id of the message holding each (tenant, idempotency key)."""
-    if not claims:
-        return {}
-    params = {"tenant": [c[0] for c in claims], "idempotency_key": [c[1] for c in claims]}
-    rows = await conn.execute(_OWNERS, params)
-    return {(row.tenant, row.idempotency_key): row.id for row in rows}
-
-
 class _Batch:
     """One flush's rows, and which of them were written or rejected so far."""
 
     def __init__(
-        self, messages: list[MessageRecord], deliveries: dict[_DeliveryKey, _Delivery]
+        self, messages: list[MessageRecord], deliveries: dict[DeliveryKey, DeliveryRow]
     ) -> None:
         self.messages, self.deliveries = messages, deliveries
         self._done_messages: set[int] = set()
-        self._done_deliveries: set[_DeliveryKey] = set()
+        self._done_deliveries: set[DeliveryKey] = set()
         self.rejected: list[str] = []
 
     def written(
-        self, messages: list[MessageRecord], deliveries: dict[_DeliveryKey, _Delivery]
+        self, messages: list[MessageRecord], deliveries: dict[DeliveryKey, DeliveryRow]
     ) -> None:
         self._done_messages.update(map(id, messages))
         self._done_deliveries.update(deliveries)
@@ -238,26 +82,20 @@ class _Batch:
     def reject(
         self,
         messages: list[MessageRecord],
-        deliveries: dict[_DeliveryKey, _Delivery],
+        deliveries: dict[DeliveryKey, DeliveryRow],
         exc: Exception,
     ) -> None:
         self.written(messages, deliveries)  # done with: they will never be written
         what = (f"message {messages[0].id!r}" if messages
                 else "delivery ({}, {}, {})".format(*map(repr, next(iter(deliveries)))))
-        self.rejected.append(f"{what}: {_one_line(exc)}")
+        self.rejected.append(f"{what}: {one_line(exc)}")
 
-    def unwritten(self) -> tuple[list[MessageRecord], dict[_DeliveryKey, _Delivery]]:
+    def unwritten(self) -> tuple[list[MessageRecord], dict[DeliveryKey, DeliveryRow]]:
         """Rows neither written nor rejected: a delivery upsert must not be applied twice."""
         return (
             [m for m in self.messages if id(m) not in self._done_messages],
             {k: d for k, d in self.deliveries.items() if k not in self._done_deliveries},
         )
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        exc = exc.orig
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _transient(exc: BaseException) -> bool:
@@ -286,7 +124,7 @@ class LedgerWriter:
         self._retries = retries
         self._retry_delay_s = retry_delay_s
         self._messages: list[MessageRecord] = []
-        self._deliveries: dict[_DeliveryKey, _Delivery] = {}
+        self._deliveries: dict[DeliveryKey, DeliveryRow] = {}
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # strong references while they run
@@ -321,7 +159,7 @@ class LedgerWriter:
             raise ValueError(f"unknown delivery state {state!r}; use {', '.join(STATES)}")
         self._check()
         at = at or datetime.now(UTC)
-        row = _Delivery(state, provider, provider_message_id, int(state in _COUNTED), error, at,
+        row = DeliveryRow(state, provider, provider_message_id, int(state in COUNTED), error, at,
                         at if state == "sent" else None, at)
         key = (message_id, channel, recipient)
         earlier = self._deliveries.get(key)
@@ -339,7 +177,7 @@ class LedgerWriter:
         id) is not a duplicate: the delivery rows decide whether its legs were sent.
         """
         self._check()
-        first: dict[_Claim, str] = {}
+        first: dict[Claim, str] = {}
         unique: dict[str, MessageRecord] = {}
         duplicates: set[str] = set()
         for record in batch:
@@ -352,18 +190,18 @@ class LedgerWriter:
             return duplicates
         records = list(unique.values())
 
-        async def insert(conn: AsyncConnection) -> tuple[dict[str, _Claim], dict[_Claim, str]]:
-            inserted = set((await conn.execute(_CLAIM, _message_columns(records))).scalars())
+        async def insert(conn: AsyncConnection) -> tuple[dict[str, Claim], dict[Claim, str]]:
+            inserted = set((await conn.execute(CLAIM, message_columns(records))).scalars())
             contested = {r.id: c for r in records if r.id not in inserted
                          and (c := r.claim) is not None}
-            return contested, await _owners(conn, list(contested.values()))
+            return contested, await claim_owners(conn, list(contested.values()))
 
         try:
             contested, owners = await self._retrying(insert)
         except Exception as exc:
             raise LedgerError(
                 f"could not claim the idempotency keys of {len(records)} messages: "
-                f"{_one_line(exc)}", rows=len(records), retained=False,
+                f"{one_line(exc)}", rows=len(records), retained=False,
             ) from exc
         for message_id, claim in contested.items():
             owner = owners.get(claim)
@@ -371,15 +209,15 @@ class LedgerWriter:
                 duplicates.add(message_id)
         return duplicates
 
-    async def already_sent(self, message_ids: Sequence[str]) -> set[_DeliveryKey]:
+    async def already_sent(self, message_ids: Sequence[str]) -> set[DeliveryKey]:
         """(message, channel, recipient) legs of these messages the ledger has as sent: what a
         redelivered batch must not send again."""
         if not message_ids:
             return set()
         await self.flush()
 
-        async def query(conn: AsyncConnection) -> set[_DeliveryKey]:
-            rows = await conn.execute(_SENT, {"ids": list(message_ids)})
+        async def query(conn: AsyncConnection) -> set[DeliveryKey]:
+            rows = await conn.execute(SENT, {"ids": list(message_ids)})
             return {(r[0], r[1], r[2]) for r in rows}
 
         return await self._retrying(query)
@@ -448,7 +286,7 @@ class LedgerWriter:
                 rows = len(messages) + len(deliveries)
                 raise LedgerError(
                     f"could not write {rows} ledger rows after {self._retries + 1} tries; "
-                    f"they stay buffered: {_one_line(exc)}", rows=rows, retained=True,
+                    f"they stay buffered: {one_line(exc)}", rows=rows, retained=True,
                 ) from exc
             if batch.rejected:
                 count = len(batch.rejected)
@@ -460,7 +298,7 @@ class LedgerWriter:
                 )
 
     async def _write(self, batch: _Batch, messages: list[MessageRecord],
-                     deliveries: dict[_DeliveryKey, _Delivery]) -> None:
+                     deliveries: dict[DeliveryKey, DeliveryRow]) -> None:
         """Write the rows; when the database rejects some, halve until they are found.
 
         A rejected row costs about 2·log2(batch) small transactions; the good rows still land.
@@ -490,13 +328,13 @@ class LedgerWriter:
         batch.written(messages, deliveries)
 
     async def _write_with_retries(
-        self, messages: list[MessageRecord], deliveries: dict[_DeliveryKey, _Delivery]
+        self, messages: list[MessageRecord], deliveries: dict[DeliveryKey, DeliveryRow]
     ) -> None:
         async def write(conn: AsyncConnection) -> None:
             if messages:
-                await conn.execute(_INSERT_MESSAGES, _message_columns(messages))
+                await conn.execute(INSERT_MESSAGES, message_columns(messages))
             if deliveries:
-                await conn.execute(_UPSERT_DELIVERIES, _delivery_columns(deliveries))
+                await conn.execute(UPSERT_DELIVERIES, delivery_columns(deliveries))
 
         await self._retrying(write)
 
@@ -514,7 +352,7 @@ class LedgerWriter:
             attempt += 1
 
     def _restore(
-        self, messages: list[MessageRecord], deliveries: dict[_DeliveryKey, _Delivery]
+        self, messages: list[MessageRecord], deliveries: dict[DeliveryKey, DeliveryRow]
     ) -> None:
         # Back in front of whatever arrived meanwhile, so the order of changes is kept.
         self._messages = messages + self._messages

@@ -1,0 +1,195 @@
+"""The ledger's rows: message records, the merge rules of a delivery's states, and the SQL
+that writes them in one statement per table (see tidings.pipelines.ledger)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, get_args
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tidings.notification import Notification
+
+DeliveryState = Literal["accepted", "filtered", "delayed", "sent", "failed", "dead"]
+STATES: tuple[DeliveryState, ...] = get_args(DeliveryState)
+FINAL: frozenset[str] = frozenset({"sent", "filtered", "dead"})
+COUNTED = frozenset({"sent", "failed"})
+_PRIORITIES = frozenset({"high", "normal", "low"})
+DeliveryKey = tuple[str, str, str]  # (message_id, channel, recipient)
+Claim = tuple[str, str]  # (tenant or '', idempotency key)
+
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """One ``messages`` row. ``payload`` is JSON-able; ``priority`` a transport lane."""
+
+    id: str
+    topic: str
+    payload: Any
+    priority: str = "normal"
+    type: str | None = None
+    tenant: str | None = None
+    idempotency_key: str | None = None
+    key: str | None = None
+    trace_id: str | None = None
+    created_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.priority not in _PRIORITIES:
+            raise ValueError(f"priority {self.priority!r} is not a lane: use high, normal or "
+                             "low (critical notifications travel in the high lane)")
+
+    @classmethod
+    def from_notification(
+        cls, message_id: str, topic: str, notification: Notification, **fields: Any
+    ) -> MessageRecord:
+        """The ``messages`` row of a notification published as message ``message_id``."""
+        return cls(
+            message_id, topic, notification.model_dump(mode="json"),
+            priority=notification.lane.value, type=notification.type,
+            tenant=notification.tenant, idempotency_key=notification.idempotency_key, **fields,
+        )
+
+    @property
+    def claim(self) -> Claim | None:
+        """The (tenant, idempotency key) pair this message claims; None without a key."""
+        return None if self.idempotency_key is None else (self.tenant or "", self.idempotency_key)
+
+
+@dataclass(slots=True)
+class DeliveryRow:
+    """A pending delivery upsert: the merge of every record for its key since the last flush."""
+
+    state: str
+    provider: str | None
+    provider_message_id: str | None
+    attempts: int
+    error: str | None
+    at: datetime
+    sent_at: datetime | None
+    last_at: datetime
+
+    def then(self, later: DeliveryRow) -> None:
+        """Apply ``later`` after this one, by the rules the upsert applies in the database."""
+        if self.state in FINAL:
+            return
+        if later.state != "accepted":
+            self.state = later.state
+        self.attempts += later.attempts
+        self.provider = later.provider or self.provider
+        self.provider_message_id = later.provider_message_id or self.provider_message_id
+        self.error = later.error or self.error
+        self.sent_at = self.sent_at or later.sent_at
+        self.last_at = max(self.last_at, later.last_at)
+
+
+
+MESSAGES_SQL = """
+INSERT INTO messages (id, topic, key, priority, type, tenant, idempotency_key, payload,
+                      trace_id, created_at)
+SELECT id, topic, key, priority, type, tenant, idempotency_key, payload::jsonb, trace_id,
+       coalesce(created_at, now())
+FROM unnest(CAST(:id AS text[]), CAST(:topic AS text[]), CAST(:key AS text[]),
+            CAST(:priority AS text[]), CAST(:type AS text[]), CAST(:tenant AS text[]),
+            CAST(:idempotency_key AS text[]), CAST(:payload AS text[]),
+            CAST(:trace_id AS text[]), CAST(:created_at AS timestamptz[]))
+     AS m(id, topic, key, priority, type, tenant, idempotency_key, payload, trace_id, created_at)
+ON CONFLICT DO NOTHING
+"""
+INSERT_MESSAGES = text(MESSAGES_SQL)
+# The same insert, telling which rows it wrote: the claims this batch won.
+CLAIM = text(MESSAGES_SQL + "RETURNING id")
+
+SENT = text("""
+SELECT message_id, channel, recipient FROM deliveries
+WHERE message_id = ANY(:ids) AND state = 'sent'
+""")
+
+# The final states in the WHERE keep a finished delivery untouched by anything late.
+UPSERT_DELIVERIES = text("""
+INSERT INTO deliveries AS d (message_id, channel, recipient, state, provider,
+                             provider_message_id, attempts, last_error, created_at,
+                             updated_at, sent_at)
+SELECT message_id, channel, recipient, state, provider, provider_message_id, attempts,
+       last_error, at, last_at, sent_at
+FROM unnest(CAST(:message_id AS text[]), CAST(:channel AS text[]), CAST(:recipient AS text[]),
+            CAST(:state AS text[]), CAST(:provider AS text[]),
+            CAST(:provider_message_id AS text[]), CAST(:attempts AS integer[]),
+            CAST(:last_error AS text[]), CAST(:at AS timestamptz[]),
+            CAST(:sent_at AS timestamptz[]), CAST(:last_at AS timestamptz[]))
+     AS u(message_id, channel, recipient, state, provider, provider_message_id, attempts,
+          last_error, at, sent_at, last_at)
+ON CONFLICT (message_id, channel, recipient) DO UPDATE SET
+    state = CASE WHEN excluded.state = 'accepted' THEN d.state ELSE excluded.state END,
+    attempts = d.attempts + excluded.attempts,
+    provider = coalesce(excluded.provider, d.provider),
+    provider_message_id = coalesce(excluded.provider_message_id, d.provider_message_id),
+    last_error = coalesce(excluded.last_error, d.last_error),
+    sent_at = coalesce(d.sent_at, excluded.sent_at),
+    updated_at = greatest(d.updated_at, excluded.updated_at)
+WHERE d.state NOT IN ('sent', 'filtered', 'dead')
+""")
+
+OWNERS = text("""
+SELECT m.id, coalesce(m.tenant, '') AS tenant, m.idempotency_key
+FROM messages AS m
+JOIN unnest(CAST(:tenant AS text[]), CAST(:idempotency_key AS text[])) AS k(tenant, key)
+  ON coalesce(m.tenant, '') = k.tenant AND m.idempotency_key = k.key
+WHERE m.idempotency_key IS NOT NULL
+""")
+
+
+def message_columns(records: Sequence[MessageRecord]) -> dict[str, list[Any]]:
+    return {
+        "id": [r.id for r in records],
+        "topic": [r.topic for r in records],
+        "key": [r.key for r in records],
+        "priority": [r.priority for r in records],
+        "type": [r.type for r in records],
+        "tenant": [r.tenant for r in records],
+        "idempotency_key": [r.idempotency_key for r in records],
+        "payload": [orjson.dumps(r.payload).decode() for r in records],
+        "trace_id": [r.trace_id for r in records],
+        "created_at": [r.created_at for r in records],
+    }
+
+
+def delivery_columns(pending: dict[DeliveryKey, DeliveryRow]) -> dict[str, list[Any]]:
+    # In key order, so that two writers upserting overlapping rows lock them in the same
+    # order and cannot deadlock each other.
+    keys = sorted(pending)
+    rows = [pending[key] for key in keys]
+    return {
+        "message_id": [k[0] for k in keys],
+        "channel": [k[1] for k in keys],
+        "recipient": [k[2] for k in keys],
+        "state": [r.state for r in rows],
+        "provider": [r.provider for r in rows],
+        "provider_message_id": [r.provider_message_id for r in rows],
+        "attempts": [r.attempts for r in rows],
+        "last_error": [r.error for r in rows],
+        "at": [r.at for r in rows],
+        "sent_at": [r.sent_at for r in rows],
+        "last_at": [r.last_at for r in rows],
+    }
+
+
+async def claim_owners(conn: AsyncConnection, claims: list[Claim]) -> dict[Claim, str]:
+    """The id of the message holding each (tenant, idempotency key)."""
+    if not claims:
+        return {}
+    params = {"tenant": [c[0] for c in claims], "idempotency_key": [c[1] for c in claims]}
+    rows = await conn.execute(OWNERS, params)
+    return {(row.tenant, row.idempotency_key): row.id for row in rows}
+
+
+def one_line(exc: BaseException) -> str:
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    return " ".join(str(exc).split()) or type(exc).__name__
