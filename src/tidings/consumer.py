@@ -16,6 +16,7 @@ from tidings.batch import Batch
 from tidings.errors import PayloadError, Reject
 from tidings.message import Message, now_ms
 from tidings.settings import Settings
+from tidings.tasks import being_cancelled
 from tidings.transport import Entry, Transport, min_id
 
 log = logging.getLogger("tidings.consumer")
@@ -96,6 +97,8 @@ class PartitionConsumer:
                         await self.process(entries)
                     backoff = 0.0
                 except Exception as exc:  # Redis away or a bug: keep the partition, retry
+                    if being_cancelled():
+                        raise asyncio.CancelledError from exc
                     if "NOGROUP" in str(exc):  # stream or group deleted under us: recreate
                         with contextlib.suppress(Exception):
                             await self.start()
@@ -231,6 +234,8 @@ class PartitionConsumer:
                 stats.rejected += 1
                 await self._dead_letter(entry, "rejected", exc.reason)
             except Exception as exc:  # a handler bug must not kill the consumer
+                if being_cancelled():
+                    raise asyncio.CancelledError from exc
                 stats.failed += 1
                 log.warning(
                     "agent %s failed on message %s (delivery %d): %s: %s; it stays pending and"
@@ -253,6 +258,8 @@ class PartitionConsumer:
             if batch.outgoing:  # outputs first: a crash before the acks redelivers the inputs
                 await self.transport.add(batch.outgoing)
         except Exception as exc:  # the whole batch stays pending and is redelivered
+            if being_cancelled():
+                raise asyncio.CancelledError from exc
             stats.failed += len(items)
             log.warning("batch agent %s failed on %d messages: %s: %s; they stay pending",
                         self.agent.name, len(items), type(exc).__name__, exc)

@@ -24,6 +24,7 @@ from tidings import keys
 from tidings.agent import Agent
 from tidings.consumer import PartitionConsumer
 from tidings.settings import Settings
+from tidings.tasks import being_cancelled
 from tidings.transport import Transport
 
 log = logging.getLogger("tidings.ownership")
@@ -44,6 +45,7 @@ class PartitionOwner:
         self.running: dict[int, tuple[PartitionConsumer, asyncio.Task[None]]] = {}
         self.leaving: dict[int, asyncio.Task[None]] = {}
         self._loop: asyncio.Task[None] | None = None
+        self._halt = asyncio.Event()
         self._interval = settings.lease_ttl_ms / 3000
         # Start the scan at a different partition in each process so they rarely collide.
         self._offset = zlib.crc32(consumer.encode())
@@ -63,11 +65,16 @@ class PartitionOwner:
         self._loop = asyncio.create_task(self._run(), name=f"owner:{self.agent.name}")
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
+        while not self._halt.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._halt.wait(), self._interval)
+            if self._halt.is_set():
+                return
             try:
                 await self.rebalance()
             except Exception as exc:  # Redis away: readers stop themselves if leases lapse
+                if being_cancelled():
+                    raise asyncio.CancelledError from exc
                 log.error("rebalancing %s failed (%s: %s); retrying", self.agent.name,
                           type(exc).__name__, exc)
 
@@ -75,7 +82,12 @@ class PartitionOwner:
         """Stop rebalancing, let in-flight batches finish within the deadline (leases kept
         alive meanwhile), hand the partitions back, and leave the member set."""
         if self._loop is not None:
-            self._loop.cancel()
+            # Ask the loop to end after its current rebalance rather than cancelling it midway
+            # (a half-done acquisition would hold a lease with no reader until it expires).
+            self._halt.set()
+            _, late = await asyncio.wait([self._loop], timeout=self._interval * 3)
+            for task in late:
+                task.cancel()
             await asyncio.gather(self._loop, return_exceptions=True)
             self._loop = None
         for partition in list(self.running):
@@ -141,6 +153,8 @@ class PartitionOwner:
             try:
                 await self._renew()
             except Exception as exc:
+                if being_cancelled():
+                    raise asyncio.CancelledError from exc
                 log.error("renewing leases while stopping failed: %s", exc)
             await asyncio.sleep(self._interval)
 

@@ -21,6 +21,7 @@ from tidings.app import App
 from tidings.errors import ConfigurationError
 from tidings.ownership import PartitionOwner
 from tidings.settings import Settings
+from tidings.tasks import being_cancelled
 
 if TYPE_CHECKING:
     from tidings.observability.server import ObservabilityServer
@@ -169,6 +170,8 @@ class Worker:
                             hostname=socket.gethostname(), pid=os.getpid(),
                         )
             except Exception as exc:  # PostgreSQL away: keep consuming, keep trying
+                if being_cancelled():
+                    raise asyncio.CancelledError from exc
                 log.error("heartbeat failed: %s: %s", type(exc).__name__, exc)
             await asyncio.sleep(self.settings.heartbeat_interval_s)
 

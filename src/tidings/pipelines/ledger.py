@@ -47,6 +47,7 @@ from tidings.pipelines.ledger_rows import (
     message_columns,
     one_line,
 )
+from tidings.tasks import being_cancelled
 
 __all__ = ["FINAL", "STATES", "DeliveryState", "LedgerError", "LedgerWriter", "MessageRecord"]
 
@@ -346,7 +347,7 @@ class LedgerWriter:
                 async with self._engine.begin() as conn:
                     return await work(conn)
             except Exception as exc:
-                if not _transient(exc) or attempt == self._retries:
+                if being_cancelled() or not _transient(exc) or attempt == self._retries:
                     raise
             await asyncio.sleep(self._retry_delay_s * 2**attempt)
             attempt += 1
