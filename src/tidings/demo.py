@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings import demo_data, embedded
 from tidings.app import App
-from tidings.bench.transport import drop_keys
+from tidings.bench.running import drop_keys
 from tidings.capture.local import LocalProviders
 from tidings.connections import open_database
 from tidings.database import quote_ident

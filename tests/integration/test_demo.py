@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
 
-from tidings.bench.transport import drop_keys
+from tidings.bench.running import drop_keys
 from tidings.database import create_engine, quote_ident
 from tidings.demo import STATES, run_demo
 from tidings.settings import Settings

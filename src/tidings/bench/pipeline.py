@@ -18,22 +18,21 @@ import os
 import platform
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from statistics import median
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.app import App
+from tidings.bench.running import Step, drop_keys, emit, package_version, run_with_progress
 from tidings.bench.stats import rate
-from tidings.bench.transport import BATCH, _version, drop_keys
+from tidings.bench.transport import BATCH
 from tidings.connections import connect_redis, open_database, redacted, resolve_redis_url
 from tidings.database import quote_ident
 from tidings.errors import TidingsError
@@ -54,7 +53,6 @@ GROUP = "bench.raw"
 PREFILL_BATCH = 500
 TICK_S = 0.005  # the paced publisher's step
 
-Step = Callable[[str, int], None]
 
 
 @dataclass(frozen=True)
@@ -269,9 +267,9 @@ async def run_pipeline_bench(
         "provider": "noop",
         "redis_url": redacted(url),
         "redis_version": str(server["redis_version"]),
-        "redis_py_version": _version("redis"),
+        "redis_py_version": package_version("redis"),
         "python_version": platform.python_version(),
-        "tidings_version": _version("tidings"),
+        "tidings_version": package_version("tidings"),
         "cpus": os.cpu_count(),
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -305,25 +303,8 @@ def render(report: dict[str, Any], console: Console) -> None:
 async def pipeline_command(
     settings: Settings, counts: Counts, json_output: bool, out: Console, err: Console
 ) -> None:
-    import logging
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    quiet = logging.getLogger("tidings")
-    level = quiet.level
-    if not quiet.isEnabledFor(logging.DEBUG):
-        quiet.setLevel(logging.WARNING)  # each run starts and stops agents: INFO noise
-    try:
-        with Progress(*columns, console=err, transient=True) as progress:
-            task = progress.add_task("starting", total=2 * counts.repeats)
-
-            def step(label: str, done: int) -> None:
-                progress.update(task, description=label, completed=done)
-
-            report = await run_pipeline_bench(settings, counts, step)
-    finally:
-        quiet.setLevel(level)
-    if json_output:
-        out.print(orjson.dumps(report).decode(), soft_wrap=True, markup=False, highlight=False)
-    else:
-        render(report, out)
+    report = await run_with_progress(
+        lambda step: run_pipeline_bench(settings, counts, step), 2 * counts.repeats,
+        "starting", err,
+    )
+    emit(report, json_output, out, render)

@@ -7,24 +7,21 @@ first alternates), so the drift and bursts of a shared machine fall on both side
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import platform
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
-import orjson
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tidings.app import App
+from tidings.bench.running import Step, drop_keys, emit, package_version, run_with_progress
 from tidings.bench.stats import Comparison, rate
 from tidings.connections import connect_redis, redacted, resolve_redis_url
 from tidings.errors import TidingsError
@@ -40,7 +37,6 @@ CONSUME_SLICE = 10_000  # messages prefilled, then consumed, per interleaved sli
 GROUP = "bench.noop"
 MEASURES = 3  # send, send_many, consume
 
-Step = Callable[[str, int], None]  # (what runs now, how many steps are done)
 Run = Callable[[int], Awaitable[float]]  # moves n messages, returns the seconds it took
 
 
@@ -245,21 +241,6 @@ class TransportBench:
             await asyncio.sleep(0.001)
 
 
-async def drop_keys(client: Redis, namespace: str) -> int:
-    """Delete every key of ``namespace`` (SCAN, never FLUSHDB); return how many went."""
-    doomed = [k async for k in client.scan_iter(match=f"{namespace}:*", count=1000)]
-    for low in range(0, len(doomed), 500):
-        await client.delete(*doomed[low:low + 500])
-    return len(doomed)
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 async def run_transport_bench(
     settings: Settings, counts: Counts, step: Step = lambda _label, _done: None
 ) -> dict[str, Any]:
@@ -288,10 +269,10 @@ async def run_transport_bench(
         "measurements": {c.name: c.to_json() for c in comparisons},
         "redis_url": redacted(url),
         "redis_version": str(server["redis_version"]),
-        "redis_py_version": _version("redis"),
-        "hiredis_version": _version("hiredis"),
+        "redis_py_version": package_version("redis"),
+        "hiredis_version": package_version("hiredis"),
         "python_version": platform.python_version(),
-        "tidings_version": _version("tidings"),
+        "tidings_version": package_version("tidings"),
         "cpus": os.cpu_count(),
         "counts": {"send": counts.single, "send_many": counts.pipelined,
                    "consume": counts.consume},
@@ -319,24 +300,8 @@ def render(report: dict[str, Any], console: Console) -> None:
 async def transport_command(
     settings: Settings, counts: Counts, json_output: bool, out: Console, err: Console
 ) -> None:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    # The bench starts its own agent for every consume run: their INFO lines are noise here.
-    ownership = logging.getLogger("tidings.ownership")
-    level = ownership.level
-    if not ownership.isEnabledFor(logging.DEBUG):
-        ownership.setLevel(logging.WARNING)
-    with Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task("connecting", total=counts.repeats * MEASURES)
-
-        def step(label: str, done: int) -> None:
-            progress.update(task, description=label, completed=done)
-
-        try:
-            report = await run_transport_bench(settings, counts, step)
-        finally:
-            ownership.setLevel(level)
-    if json_output:
-        out.print(orjson.dumps(report).decode(), soft_wrap=True, markup=False, highlight=False)
-    else:
-        render(report, out)
+    report = await run_with_progress(
+        lambda step: run_transport_bench(settings, counts, step),
+        counts.repeats * MEASURES, "connecting", err,
+    )
+    emit(report, json_output, out, render)
