@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 
 def _embedded_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -53,6 +54,17 @@ def database_url(embedded_home: Path) -> str:
 def namespace() -> str:
     """A Redis key prefix of its own for each test, so tests never see each other's keys."""
     return f"tt-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def redis(redis_url: str, namespace: str) -> AsyncIterator[Redis]:
+    """An async client on the test Redis; every key of the test's namespace goes at teardown."""
+    client = Redis.from_url(redis_url)
+    yield client
+    doomed = [key async for key in client.scan_iter(match=f"{namespace}*", count=1000)]
+    if doomed:
+        await client.delete(*doomed)
+    await client.aclose()
 
 
 @pytest.fixture

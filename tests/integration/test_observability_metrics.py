@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -39,16 +38,6 @@ def build() -> App:
             raise Reject("multiple of ten")
 
     return app
-
-
-@pytest.fixture
-async def redis(redis_url: str, namespace: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    doomed = [key async for key in client.scan_iter(match=f"{namespace}*", count=1000)]
-    if doomed:
-        await client.delete(*doomed)
-    await client.aclose()
 
 
 async def reports_lag(redis: Redis) -> bool:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +47,6 @@ def run(*args: str, **where: Any) -> subprocess.CompletedProcess[str]:
                             timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     return result
-
-
-@pytest.fixture
-async def redis(redis_url: str, namespace: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    doomed = [key async for key in client.scan_iter(match=f"{namespace}*", count=1000)]
-    if doomed:
-        await client.delete(*doomed)
-    await client.aclose()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ rebalance that hits an error, and a small pool shared by many idle partitions.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,20 +17,10 @@ from tidings.testing import MemoryTransport, running
 pytestmark = [pytest.mark.redis]
 
 
-@pytest.fixture
-async def admin(redis_url: str, namespace: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    doomed = [key async for key in client.scan_iter(match=f"{namespace}*", count=1000)]
-    if doomed:
-        await client.delete(*doomed)
-    await client.aclose()
-
-
 async def test_release_makes_entries_of_every_lane_reclaimable_at_once(
-    admin: Redis, namespace: str
+    redis: Redis, namespace: str
 ) -> None:
-    transport = RedisTransport(admin)
+    transport = RedisTransport(redis)
     lanes = [f"{namespace}:{{t:x:0}}:{lane}" for lane in ("high", "normal", "low")]
     held: dict[str, list[bytes]] = {}
     for lane in lanes:
@@ -45,8 +34,8 @@ async def test_release_makes_entries_of_every_lane_reclaimable_at_once(
         assert [e.id for e in claimed.entries] == held[lane], lane
 
 
-async def test_claim_reports_exact_delivery_counts(admin: Redis, namespace: str) -> None:
-    transport = RedisTransport(admin)
+async def test_claim_reports_exact_delivery_counts(redis: Redis, namespace: str) -> None:
+    transport = RedisTransport(redis)
     lane = f"{namespace}:{{t:x:0}}:normal"
     await transport.create_group(lane, "g")
     await transport.add([(lane, {b"d": b"1"})])
@@ -112,7 +101,7 @@ async def test_an_error_while_rebalancing_does_not_stop_lease_renewal() -> None:
 
 
 async def test_many_idle_partitions_do_not_starve_a_small_pool(
-    redis_url: str, namespace: str, admin: Redis
+    redis_url: str, namespace: str, redis: Redis
 ) -> None:
     handled = asyncio.Event()
 
