@@ -83,11 +83,3 @@ class Settings(BaseSettings):
     def from_env(cls, **overrides: object) -> Settings:
         """Read ``TIDINGS_*`` variables; a bad value is a ConfigurationError naming it."""
         return read_env(cls, "settings", **overrides)
-
-    @property
-    def embedded_redis(self) -> bool:
-        return self.redis_url is None
-
-    @property
-    def embedded_database(self) -> bool:
-        return self.database_url is None
