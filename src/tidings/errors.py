@@ -19,7 +19,8 @@
     ├── sinks.webhook.InvalidSignature   a webhook body whose signature does not verify
     ├── capture.http.CaptureError     the local capture server was misused (tests, demo)
     └── Signal                        control flow raised by a handler, not a failure of tidings
-        └── Reject(reason)            park the message in the dead-letter stream, ack it
+        ├── Reject(reason)            park the message in the dead letters, ack it
+        └── Retry(delay, reason)      try the message again after ``delay`` seconds
 
 Every message says what is wrong and what to do about it; the CLI prints it on one line.
 """
@@ -68,4 +69,19 @@ class Reject(Signal):
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
+        self.reason = reason
+
+
+class Retry(Signal):
+    """Raised by a handler: try this message again later.
+
+    ``delay`` is in seconds; None lets the agent's retry policy choose. The attempt counts
+    against the policy's ``max_attempts``: past it the message is dead-lettered.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        if delay is not None and delay < 0:
+            raise ValueError(f"Retry delay must be >= 0 seconds, not {delay}")
+        self.delay = delay
         self.reason = reason

@@ -35,9 +35,14 @@ class PartitionKeys:
     def dead(self) -> str:
         return f"{self.tag}:dead"
 
-    @property
-    def delayed(self) -> str:
-        return f"{self.tag}:delayed"
+    def delayed(self, group: str) -> str:
+        """Sorted set of one group's retries waiting for their time (score = due, in ms)."""
+        return f"{self.tag}:delayed:{group}"
+
+    def retry(self, group: str) -> str:
+        """Stream of one group's due retries and replays: read by that group only, so a retry
+        never reaches the topic's other agents."""
+        return f"{self.tag}:retry:{group}"
 
     def lease(self, group: str) -> str:
         return f"{self.tag}:lease:{group}"

@@ -7,8 +7,8 @@ def test_public_names_are_exactly_these() -> None:
     assert sorted(tidings.__all__) == [
         "Agent", "App", "AppLoadError", "Batch", "ConfigurationError", "ConnectionFailed",
         "EmbeddedServerError", "Envelope", "Message", "MigrationsPending", "PayloadError",
-        "Priority", "Reject", "Settings", "Signal", "TidingsError", "Topic", "UnknownTopic",
-        "Worker", "__version__",
+        "Priority", "Reject", "Retry", "Settings", "Signal", "TidingsError", "Topic",
+        "UnknownTopic", "Worker", "__version__",
     ]
 
 

@@ -109,7 +109,6 @@ async def read_queues(client: Redis, namespace: str) -> QueueSnapshot:
                 pipe.xlen(lane)
                 pipe.xinfo_groups(lane)
             pipe.xlen(pk.dead)
-            pipe.zcard(pk.delayed)
     replies = iter(await pipe.execute(raise_on_error=False))
     seconds, micros = _ok(next(replies), (0, 0))
     now_ms = int(seconds) * 1000 + int(micros) // 1000
@@ -120,12 +119,12 @@ async def read_queues(client: Redis, namespace: str) -> QueueSnapshot:
 
 
 _LaneReply = tuple[int, list[dict[str, Any]]]
-_PartitionReply = tuple[list[_LaneReply], int, int]
+_PartitionReply = tuple[list[_LaneReply], int]
 
 
 def _partition_replies(replies: Any) -> _PartitionReply:
     lanes = [(_ok(next(replies), 0), _ok(next(replies), [])) for _ in Priority]
-    return lanes, _ok(next(replies), 0), _ok(next(replies), 0)
+    return lanes, _ok(next(replies), 0)
 
 
 async def _complete(
@@ -135,14 +134,16 @@ async def _complete(
     """Second round trip: pending summaries, lag where XINFO did not give it, live members."""
     pipe = client.pipeline(transaction=False)
     for name, partitions in layout:
-        for index, (lanes, _, _) in enumerate(partitions):
+        for index, reply in enumerate(partitions):
             pk = PartitionKeys(namespace, name, index)
-            for stream, (_, infos) in zip(pk.lanes, lanes, strict=True):
+            for stream, (_, infos) in zip(pk.lanes, reply[0], strict=True):
                 for info in infos:  # _partition_state reads the replies in this order
                     if int(info["pending"]):
                         pipe.xpending(stream, info["name"])
                     if info.get("lag") is None:  # Redis 6.2, or 7+ that cannot tell
                         pipe.xrange(stream, min=b"(" + _bytes(info["last-delivered-id"]), count=1)
+            for group in _group_names([reply]):  # each group's retries waiting for their time
+                pipe.zcard(pk.delayed(group))
         for group in _group_names(partitions):
             pipe.zcount(keys.members(namespace, name, group), f"({now_ms}", "+inf")
     replies = iter(await pipe.execute(raise_on_error=False))
@@ -160,7 +161,7 @@ async def _complete(
 def _partition_state(
     namespace: str, topic: str, index: int, reply: _PartitionReply, replies: Any
 ) -> PartitionState:
-    lanes_reply, dead, delayed = reply
+    lanes_reply, dead = reply
     pk = PartitionKeys(namespace, topic, index)
     lanes = []
     for priority, stream, (length, infos) in zip(Priority, pk.lanes, lanes_reply, strict=True):
@@ -176,12 +177,13 @@ def _partition_state(
                 parse_id(_bytes(oldest))[0] if oldest else None, int(info["consumers"]),
             ))
         lanes.append(Lane(priority, stream, int(length), tuple(groups)))
-    return PartitionState(index, tuple(lanes), int(dead), int(delayed))
+    delayed = sum(int(_ok(next(replies), 0)) for _ in _group_names([reply]))
+    return PartitionState(index, tuple(lanes), int(dead), delayed)
 
 
 def _group_names(partitions: Sequence[_PartitionReply]) -> list[str]:
     return sorted({
-        _text(info["name"]) for lanes, _, _ in partitions for _, infos in lanes for info in infos
+        _text(info["name"]) for lanes, _ in partitions for _, infos in lanes for info in infos
     })
 
 

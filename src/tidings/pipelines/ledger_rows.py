@@ -15,7 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.notification import Notification
 
-DeliveryState = Literal["accepted", "filtered", "delayed", "sent", "failed", "dead"]
+DeliveryState = Literal[
+    "accepted", "filtered", "delayed", "sending", "sent", "failed", "dead"
+]
 STATES: tuple[DeliveryState, ...] = get_args(DeliveryState)
 FINAL: frozenset[str] = frozenset({"sent", "filtered", "dead"})
 COUNTED = frozenset({"sent", "failed"})

@@ -6,6 +6,7 @@ The connection's ``search_path`` decides the schema (see :func:`tidings.database
 from tidings.tables.analytics import delivery_stats_minute
 from tidings.tables.common import metadata
 from tidings.tables.consumers import consumer_groups, consumer_instances
+from tidings.tables.dead_letters import dead_letter_replays, dead_letters
 from tidings.tables.ledger import deliveries, messages
 from tidings.tables.preferences import preferences
 from tidings.tables.queues import queue_configs
@@ -15,6 +16,8 @@ from tidings.tables.templates import templates
 __all__ = [
     "consumer_groups",
     "consumer_instances",
+    "dead_letter_replays",
+    "dead_letters",
     "deliveries",
     "delivery_stats_minute",
     "messages",

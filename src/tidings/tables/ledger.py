@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from tidings.tables.common import metadata, one_of, timestamp
 
 PRIORITIES = ("high", "normal", "low")
-DELIVERY_STATES = ("accepted", "filtered", "delayed", "sent", "failed", "dead")
+DELIVERY_STATES = ("accepted", "filtered", "delayed", "sending", "sent", "failed", "dead")
 
 messages = Table(
     "messages",
