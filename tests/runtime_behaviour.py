@@ -17,10 +17,11 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from tidings import App, Message, PayloadError, Priority, Reject, Settings
+from tidings import App, Message, PayloadError, Priority, Reject, Retry, Settings
 from tidings.batch import Batch
 from tidings.consumer import PartitionConsumer
 from tidings.message import Envelope, encode, new_id, now_ms
+from tidings.retry import RetryPolicy
 from tidings.streams import RedisTransport
 from tidings.testing import Harness, MemoryTransport, running
 from tidings.transport import Transport
@@ -52,12 +53,19 @@ class Recorder:
         self.handled.append(message)
 
 
-def build(recorder: Recorder, *, partitions: int = 4, concurrency: int = 1) -> App:
+def build(
+    recorder: Recorder, *, partitions: int = 4, concurrency: int = 1,
+    retry: RetryPolicy | None = None,
+) -> App:
     """The pipeline under test; calling it twice gives two processes' view of one app."""
     app = App("suite")
     jobs = app.topic(TOPIC, model=Job, partitions=partitions)
-    app.agent(jobs, name=AGENT, concurrency=concurrency)(recorder)
+    app.agent(jobs, name=AGENT, concurrency=concurrency, retry=retry)(recorder)
     return app
+
+
+# Quick retries for tests: 20 ms apart, three attempts in all.
+FAST = RetryPolicy(strategy="fixed", base=0.02, max_delay=1, max_attempts=3)
 
 
 async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
@@ -89,8 +97,24 @@ async def pending(app: App) -> int:
     topic = app.get_topic(TOPIC)
     total = 0
     for partition in range(topic.partitions):
-        for lane in topic.keys(partition).lanes:
+        keys = topic.keys(partition)
+        for lane in (*keys.lanes, keys.retry(AGENT)):
             total += sum(g.pending for g in await app.transport.groups(lane) if g.name == AGENT)
+    return total
+
+
+async def delayed(app: App) -> int:
+    """Retries of the agent waiting in its delay sets."""
+    topic = app.get_topic(TOPIC)
+    transport = app.transport
+    total = 0
+    for partition in range(topic.partitions):
+        key = topic.keys(partition).delayed(AGENT)
+        if isinstance(transport, MemoryTransport):
+            total += len(transport.delayed.get(key, {}))
+        else:
+            assert isinstance(transport, RedisTransport)
+            total += await transport.client.zcard(key)
     return total
 
 
@@ -170,53 +194,125 @@ class RuntimeBehaviour:
 
     # -- failures ---------------------------------------------------------------------
 
-    async def test_a_failing_handler_leaves_its_message_pending(
+    async def test_a_failing_handler_parks_its_message_in_the_delay_set(
         self, settings: Settings, connect: Connect
     ) -> None:
         failed = asyncio.Event()
 
-        async def fail_once(message: Message[Any]) -> None:
-            if message.deliveries == 1:
-                failed.set()
-                raise RuntimeError("provider is down")
+        async def fail(message: Message[Any]) -> None:
+            failed.set()
+            raise RuntimeError("provider is down")
 
-        app = build(Recorder(fail_once))
-        async with running(app, tuned(settings, claim_idle_ms=2000), transport=connect()):
+        app = build(Recorder(fail), retry=RetryPolicy(strategy="fixed", base=30))
+        async with running(app, settings, transport=connect()):
             await app.get_topic(TOPIC).send(Job(n=1))
             await asyncio.wait_for(failed.wait(), 5)
-            assert await pending(app) == 1
+            await until(lambda: app.agents[AGENT].stats.retried == 1)
+            assert await pending(app) == 0, "parked and acked: it blocks nothing while it waits"
+            assert await delayed(app) == 1
             assert app.agents[AGENT].stats.failed == 1
 
-    async def test_a_failed_message_is_redelivered_with_more_deliveries_and_then_succeeds(
+    async def test_a_failed_message_is_retried_with_its_attempt_and_error_history(
         self, settings: Settings, connect: Connect
     ) -> None:
         async def fail_once(message: Message[Any]) -> None:
-            if message.deliveries == 1:
+            if message.envelope.attempt == 1:
                 raise RuntimeError("provider is down")
 
         recorder = Recorder(fail_once)
-        app = build(recorder)
+        app = build(recorder, retry=FAST)
         async with running(app, settings, transport=connect()) as harness:
             msg_id = await app.get_topic(TOPIC).send(Job(n=1))
             await harness.drain()
-            assert [(m.id, m.deliveries) for m in recorder.calls] == [(msg_id, 1), (msg_id, 2)]
+            assert [(m.id, m.envelope.attempt) for m in recorder.calls] == [(msg_id, 1),
+                                                                            (msg_id, 2)]
             assert [m.id for m in recorder.handled] == [msg_id]
+            [error] = orjson.loads(recorder.calls[1].headers["tidings.errors"])
+            assert error["attempt"] == 1
+            assert error["type"] == "RuntimeError"
+            assert error["message"] == "RuntimeError: provider is down"
             assert await pending(app) == 0
+            assert app.agents[AGENT].stats.retried == 1
 
-    async def test_a_message_failing_max_deliveries_times_is_dead_lettered_as_poison(
+    async def test_a_message_failing_every_attempt_is_dead_lettered_as_exhausted(
         self, settings: Settings, connect: Connect
     ) -> None:
         recorder = Recorder(always_fail)
-        app = build(recorder, partitions=1)
+        app = build(recorder, partitions=1, retry=FAST)
+        async with running(app, settings, transport=connect()) as harness:
+            msg_id = await app.get_topic(TOPIC).send(Job(n=13, text="doomed"))
+            await harness.drain()
+            [dead] = await dead_letters(app)
+            assert dead[b"dead.kind"] == b"exhausted"
+            assert dead[b"dead.attempts"] == b"3"
+            assert dead[b"dead.error_type"] == b"RuntimeError"
+            assert b"gave up after attempt 3" in dead[b"dead.reason"]
+            envelope = Envelope.from_json(dead[b"e"])
+            assert envelope.id == msg_id
+            assert [e["attempt"] for e in orjson.loads(envelope.headers["tidings.errors"])] == [
+                1, 2]
+            assert orjson.loads(dead[b"d"]) == {"n": 13, "text": "doomed"}
+            assert len(recorder.calls) == 3
+            assert app.agents[AGENT].stats.exhausted == 1
+            assert await pending(app) == 0
+
+    async def test_a_retry_signal_waits_the_delay_it_asks_for(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        called: list[float] = []
+
+        async def later(message: Message[Any]) -> None:
+            called.append(time.monotonic())
+            if message.envelope.attempt == 1:
+                raise Retry(delay=0.3, reason="not yet")
+
+        recorder = Recorder(later)
+        app = build(recorder, retry=FAST)
+        async with running(app, settings, transport=connect()) as harness:
+            await app.get_topic(TOPIC).send(Job(n=1))
+            await harness.drain()
+            assert len(called) == 2
+            assert called[1] - called[0] >= 0.3
+            assert recorder.calls[1].headers["tidings.delay"] == "0.300"
+
+    async def test_an_error_the_policy_never_retries_is_dead_lettered_at_once(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        async def bad(message: Message[Any]) -> None:
+            raise ValueError("malformed address")
+
+        recorder = Recorder(bad)
+        policy = RetryPolicy(strategy="fixed", base=0.02, give_up_on=(ValueError,))
+        app = build(recorder, partitions=1, retry=policy)
+        async with running(app, settings, transport=connect()) as harness:
+            await app.get_topic(TOPIC).send(Job(n=1))
+            await harness.drain()
+            [dead] = await dead_letters(app)
+            assert dead[b"dead.kind"] == b"permanent"
+            assert dead[b"dead.reason"] == b"ValueError: malformed address"
+            assert len(recorder.calls) == 1
+            assert app.agents[AGENT].stats.permanent == 1
+
+    async def test_a_message_whose_batch_keeps_crashing_is_dead_lettered_as_poison(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        calls: list[int] = []
+
+        async def crash(batch: Batch[Job]) -> None:
+            calls.append(len(batch))
+            raise RuntimeError("the handler crashes")
+
+        app = App("suite")
+        jobs = app.topic(TOPIC, model=Job, partitions=1)
+        app.agent(jobs, name=AGENT, batch=True)(crash)
         async with running(app, tuned(settings, max_deliveries=2), transport=connect()) as h:
-            msg_id = await app.get_topic(TOPIC).send(Job(n=13, text="poison"))
+            msg_id = await jobs.send(Job(n=13, text="poison"))
             await h.drain()
             [dead] = await dead_letters(app)
             assert dead[b"dead.kind"] == b"poison"
             assert Envelope.from_json(dead[b"e"]).id == msg_id
-            assert orjson.loads(dead[b"d"]) == {"n": 13, "text": "poison"}
             assert dead[b"dead.deliveries"] == b"3"
-            assert len(recorder.calls) == 2
+            assert calls == [1, 1]
             assert app.agents[AGENT].stats.poison == 1
             assert await pending(app) == 0
 
@@ -228,18 +324,18 @@ class RuntimeBehaviour:
                 raise RuntimeError("always fails")
 
         recorder = Recorder(poison)
-        app = build(recorder, partitions=1)
-        quick_poison = tuned(settings, max_deliveries=2, claim_idle_ms=1000)
-        async with running(app, quick_poison, transport=connect()) as harness:
+        slow = RetryPolicy(strategy="fixed", base=0.5, max_attempts=2)
+        app = build(recorder, partitions=1, retry=slow)
+        async with running(app, settings, transport=connect()) as harness:
             topic = app.get_topic(TOPIC)
             await topic.send(Job(n=0, text="poison"), key="same")
             await until(lambda: len(recorder.calls) == 1)
             later = await topic.send_many([Job(n=i) for i in range(1, 6)], key=lambda _: "same")
             await until(lambda: len(recorder.handled) == 5)
             assert [m.id for m in recorder.handled] == later
-            assert await dead_letters(app) == [], "the poison was parked before the rest moved"
+            assert await dead_letters(app) == [], "the rest moved while the failure waited"
             await harness.drain()
-            assert [d[b"dead.kind"] for d in await dead_letters(app)] == [b"poison"]
+            assert [d[b"dead.kind"] for d in await dead_letters(app)] == [b"exhausted"]
 
     async def test_reject_dead_letters_at_once_with_its_reason(
         self, settings: Settings, connect: Connect
@@ -445,13 +541,13 @@ class RuntimeBehaviour:
         assert [d[b"dead.reason"] for d in dead] == [b"three is not allowed"]
         assert app.agents[AGENT].stats.processed == 9
 
-    async def test_a_batch_agent_failing_one_message_leaves_only_that_one_pending(
+    async def test_a_batch_agent_retrying_one_message_parks_only_that_one(
         self, settings: Settings, connect: Connect
     ) -> None:
         async def fail_odd(batch: Batch[Job]) -> None:
             for message in batch:
                 if message.value.n % 2:
-                    batch.fail(message, "odd")
+                    batch.retry(message, "odd", delay=30)
 
         app = App("suite")
         jobs = app.topic(TOPIC, model=Job, partitions=1)
@@ -459,8 +555,9 @@ class RuntimeBehaviour:
         async with running(app, tuned(settings, claim_idle_ms=5000), transport=connect()):
             await jobs.send_many([Job(n=i) for i in range(6)])
             await until(lambda: app.agents[AGENT].stats.processed == 3)
-            await until(lambda: app.agents[AGENT].stats.failed == 3)
-            assert await pending(app) == 3
+            await until(lambda: app.agents[AGENT].stats.retried == 3)
+            assert await pending(app) == 0
+            assert await delayed(app) == 3
 
     async def test_a_batch_agents_outputs_are_published_and_its_inputs_acked(
         self, settings: Settings, connect: Connect

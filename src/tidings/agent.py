@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from tidings.retry import RetryPolicy
 from tidings.topic import Topic
 
 T = TypeVar("T")
@@ -19,16 +20,19 @@ class AgentStats:
 
     processed: int = 0
     failed: int = 0
+    retried: int = 0
     rejected: int = 0
     invalid: int = 0
     poison: int = 0
+    exhausted: int = 0
+    permanent: int = 0
     reclaimed: int = 0
     deleted: int = 0
     trimmed: int = 0
 
     @property
     def dead_lettered(self) -> int:
-        return self.rejected + self.invalid + self.poison
+        return self.rejected + self.invalid + self.poison + self.exhausted + self.permanent
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Agent(Generic[T]):
     ``concurrency`` is how many handler calls run at once per partition; messages with the
     same key always run one after another, in order. A ``batch`` agent's handler gets each
     read batch whole, as a :class:`tidings.batch.Batch` (concurrency does not apply).
+    ``retry`` overrides the retry policy of the agent's queue (see :mod:`tidings.retry`).
     """
 
     name: str
@@ -45,6 +50,7 @@ class Agent(Generic[T]):
     handler: Handler
     concurrency: int = 1
     batch: bool = False
+    retry: RetryPolicy | None = None
     stats: AgentStats = field(default_factory=AgentStats)
 
     @property

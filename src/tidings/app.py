@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from tidings.connections import (
     resolve_redis_url,
 )
 from tidings.errors import ConfigurationError, TidingsError, UnknownTopic
+from tidings.retry import RetryPolicies, RetryPolicy
 from tidings.settings import Settings
 from tidings.streams import RedisTransport
 from tidings.topic import Topic
@@ -47,6 +49,9 @@ class App:
         self.features: RedisFeatures | None = None
         self._on_start: list[Hook] = []
         self._on_stop: list[Hook] = []
+        # The default and per-queue / per-type policies; the worker adds the queues' policies
+        # from PostgreSQL when it starts.
+        self.retry_policies = RetryPolicies()
 
     def __repr__(self) -> str:
         return f"App({self.name!r}, topics={list(self.topics)}, agents={list(self.agents)})"
@@ -67,11 +72,12 @@ class App:
 
     def agent(
         self, topic: Topic[Any], *, name: str | None = None, concurrency: int = 1,
-        batch: bool = False,
+        batch: bool = False, retry: RetryPolicy | None = None,
     ) -> Callable[[Handler], Agent[Any]]:
         """Decorate ``async def handler(message)`` to consume ``topic`` as a consumer group.
 
         With ``batch=True`` the handler is ``async def handler(batch: Batch)`` instead.
+        ``retry`` overrides the queue's retry policy for this agent.
         """
         if topic.app is not self:
             raise ConfigurationError(f"{topic!r} belongs to another app")
@@ -82,11 +88,21 @@ class App:
             agent_name = name or f"{handler.__module__}.{handler.__qualname__}"
             if agent_name in self.agents:
                 raise ConfigurationError(f"agent {agent_name!r} is declared twice")
-            agent: Agent[Any] = Agent(agent_name, topic, handler, concurrency, batch)
+            agent: Agent[Any] = Agent(agent_name, topic, handler, concurrency, batch, retry)
             self.agents[agent_name] = agent
             return agent
 
         return register
+
+    def retry_policy(self, agent: Agent[Any], type: str | None = None) -> RetryPolicy:
+        """The policy for ``agent``'s failures: the message type's, the agent's own, its
+        queue's (``queue_configs``, loaded by the worker) or the default, in that order."""
+        if agent.retry is not None and type is None:
+            return agent.retry
+        policies = self.retry_policies
+        if agent.retry is not None:
+            policies = replace(policies, by_agent={**policies.by_agent, agent.name: agent.retry})
+        return policies.for_message(topic=agent.topic.name, agent=agent.name, type=type)
 
     def on_start(self, hook: Hook) -> Hook:
         """Run ``hook(app)`` once connections are open (build services that need them)."""

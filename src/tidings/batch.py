@@ -1,7 +1,7 @@
 """Batch handlers: one call per read batch, per-message outcomes, outputs published before acks.
 
 A batch agent (``@app.agent(topic, batch=True)``) gets a :class:`Batch`. Messages it neither
-rejects nor fails are acked when it returns; what it sends with :meth:`Batch.send` is published
+rejects nor retries are acked when it returns; what it sends with :meth:`Batch.send` is published
 in one pipelined round trip *before* those acks, so a crash in between redelivers the input
 rather than losing the output (at-least-once across the hop, DESIGN.md D6/D7).
 """
@@ -9,9 +9,11 @@ rather than losing the output (at-least-once across the hop, DESIGN.md D6/D7).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from tidings.message import Message, Priority
+from tidings.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from tidings.topic import Topic
@@ -19,16 +21,35 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class RetryRequest:
+    """A handler's request to try a message again (see :meth:`Batch.retry`)."""
+
+    reason: str
+    delay: float | None = None
+    error_type: str | None = None
+    policy: RetryPolicy | None = None
+    count: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    verdict: Literal["ack", "reject", "retry"]
+    reason: str | None = None
+    kind: str = "rejected"
+    retry: RetryRequest | None = None
+
+
 class Batch(Generic[T]):
     """The messages of one read, in stream order, and what the handler decided about each."""
 
-    __slots__ = ("_failed", "_rejected", "messages", "outgoing")
+    __slots__ = ("_rejected", "_retries", "messages", "outgoing")
 
     def __init__(self, messages: list[Message[T]]) -> None:
         self.messages = messages
         self.outgoing: list[tuple[str, dict[bytes, bytes]]] = []
-        self._rejected: dict[int, str] = {}
-        self._failed: dict[int, str] = {}
+        self._rejected: dict[int, tuple[str, str]] = {}
+        self._retries: dict[int, RetryRequest] = {}
 
     def __iter__(self) -> Iterator[Message[T]]:
         return iter(self.messages)
@@ -36,22 +57,31 @@ class Batch(Generic[T]):
     def __len__(self) -> int:
         return len(self.messages)
 
-    def reject(self, message: Message[T], reason: str) -> None:
-        """This message can never succeed: park it in the dead-letter stream."""
-        self._rejected[id(message)] = reason
+    def reject(self, message: Message[T], reason: str, *, kind: str = "rejected") -> None:
+        """This message can never succeed: park it in the dead letters (``kind`` says why:
+        rejected, permanent, exhausted)."""
+        self._rejected[id(message)] = (reason, kind)
 
-    def fail(self, message: Message[T], reason: str) -> None:
-        """This message failed this time: leave it pending so it is redelivered."""
-        self._failed[id(message)] = reason
+    def retry(
+        self, message: Message[T], reason: str, *, delay: float | None = None,
+        error_type: str | None = None, policy: RetryPolicy | None = None, count: bool = True,
+    ) -> None:
+        """This message failed this time: try it again after ``delay`` seconds (None: as the
+        policy says). Past the policy's attempts or deadline it is dead-lettered instead.
+        ``count=False`` waits without using up an attempt (e.g. every provider is
+        circuit-broken: the message is not at fault)."""
+        self._retries[id(message)] = RetryRequest(reason, delay, error_type, policy, count)
 
-    def outcome(self, message: Message[T]) -> tuple[str, str | None]:
-        """("ack" | "reject" | "fail", reason) for one message after the handler returned."""
+    def outcome(self, message: Message[T]) -> Outcome:
+        """What to do with one message after the handler returned."""
         key = id(message)
         if key in self._rejected:
-            return "reject", self._rejected[key]
-        if key in self._failed:
-            return "fail", self._failed[key]
-        return "ack", None
+            reason, kind = self._rejected[key]
+            return Outcome("reject", reason, kind)
+        retry = self._retries.get(key)
+        if retry is not None:
+            return Outcome("retry", retry.reason, retry=retry)
+        return Outcome("ack")
 
     def send(
         self,

@@ -1,9 +1,17 @@
-"""Consuming one partition: weighted lane reads, ordered per-key handling, ack, reclaim, trim."""
+"""Consuming one partition: weighted lane reads, ordered per-key handling, ack, retry, reclaim,
+trim.
+
+A failed message is retried by its policy: parked in the group's delay set (a sorted set under
+the partition's hash tag) and moved to the group's retry stream when due, atomically, by this
+consumer; that stream is read as a fourth lane. Past its attempts, or failing in a way retrying
+cannot fix, it goes to the dead-letter stream. Nothing blocks the partition while it waits.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -11,17 +19,24 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from tidings.agent import Agent
-from tidings.batch import Batch
-from tidings.errors import PayloadError, Reject
-from tidings.message import Message, now_ms
+from tidings.batch import Batch, RetryRequest
+from tidings.errors import PayloadError, Reject, Retry
+from tidings.message import DELAY_HEADER, ERRORS_HEADER, PAYLOAD_FIELD, Message, now_ms
+from tidings.retry import RetryPolicy
 from tidings.settings import Settings
 from tidings.tasks import being_cancelled
-from tidings.transport import Entry, Transport, min_id
+from tidings.transport import Entry, Transport, min_id, pack_delayed
 
 log = logging.getLogger("tidings.consumer")
 
 IDLE_PROBE_EVERY = 4
+# How often the delay set is checked when nothing in it is known to fall due sooner.
+PROMOTE_EVERY_S = 1.0
+# Error history carried in a retried message's headers: the most recent ones.
+KEPT_ERRORS = 10
 
 
 def lane_counts(
@@ -52,17 +67,24 @@ class PartitionConsumer:
         consumer: str,
         transport: Transport,
         settings: Settings,
+        policy: RetryPolicy | None = None,
     ) -> None:
         self.agent = agent
         self.partition = partition
         self.consumer = consumer
         self.transport = transport
         self.settings = settings
+        self.policy = policy or agent.retry or RetryPolicy()
         self.keys = agent.topic.keys(partition)
-        self.lanes = self.keys.lanes
+        self.retry_stream = self.keys.retry(agent.group)
+        self.delay_set = self.keys.delayed(agent.group)
+        # Priority lanes, then this group's retries (read with the normal lane's weight).
+        self.lanes = (*self.keys.lanes, self.retry_stream)
+        self._weights = [*settings.lane_weights, settings.lane_weights[1]]
         self._stopping = asyncio.Event()
         self._acks: dict[str, list[bytes]] = {}
-        self._busy = [False, False, False]
+        self._busy = [False] * len(self.lanes)
+        self._next_promote = 0.0
         self._next_claim = 0.0
         self._next_trim = 0.0
         self._batch: list[Entry] = []
@@ -122,7 +144,7 @@ class PartitionConsumer:
         return left
 
     async def _read(self) -> list[Entry]:
-        counts = lane_counts(self.settings.batch_size, self.settings.lane_weights, self._busy)
+        counts = lane_counts(self.settings.batch_size, self._weights, self._busy)
         self._round += 1
         probe_idle = self._round % IDLE_PROBE_EVERY == 0 or not any(self._busy)
         # While some lane is busy, idle lanes are asked only every few rounds: an empty read
@@ -147,12 +169,17 @@ class PartitionConsumer:
         ]
         if entries or self.stopping:
             return entries
+        # Wake in time to move the next due retry.
+        block_ms = min(self.settings.block_ms,
+                       int((self._next_promote - time.monotonic()) * 1000))
+        if block_ms < 1:
+            return entries
         return await self.transport.read(
             self.agent.group,
             self.consumer,
-            # One COUNT covers all lanes in a blocking read; a third each keeps the batch bound.
-            [(lane, self.settings.batch_size // 3 + 1) for lane in self.lanes],
-            block_ms=self.settings.block_ms,
+            # One COUNT covers all lanes in a blocking read; a share each keeps the batch bound.
+            [(lane, self.settings.batch_size // len(self.lanes) + 1) for lane in self.lanes],
+            block_ms=block_ms,
         )
 
     async def _flush_acks(self) -> None:
@@ -180,7 +207,8 @@ class PartitionConsumer:
             if message is not None:
                 messages.append((entry, message))
         for entry, kind, reason in rejects:
-            await self._dead_letter(entry, kind, reason)
+            await self._dead_letter(entry, kind, reason,
+                                    "PayloadError" if kind == "invalid" else None)
         if not messages:
             return
         if self.agent.batch:
@@ -232,16 +260,21 @@ class PartitionConsumer:
                 await handler(message)
             except Reject as exc:
                 stats.rejected += 1
-                await self._dead_letter(entry, "rejected", exc.reason)
+                await self._dead_letter(entry, "rejected", exc.reason, "Reject", message)
+            except Retry as exc:
+                await self._retry(entry, message, RetryRequest(exc.reason, exc.delay, "Retry"))
             except Exception as exc:  # a handler bug must not kill the consumer
                 if being_cancelled():
                     raise asyncio.CancelledError from exc
                 stats.failed += 1
-                log.warning(
-                    "agent %s failed on message %s (delivery %d): %s: %s; it stays pending and"
-                    " will be redelivered", self.agent.name, message.id, entry.deliveries,
-                    type(exc).__name__, exc,
-                )
+                reason = f"{type(exc).__name__}: {exc}"
+                if self.policy.retryable(exc):
+                    await self._retry(entry, message, RetryRequest(reason, None,
+                                                                   type(exc).__name__))
+                else:
+                    stats.permanent += 1
+                    await self._dead_letter(entry, "permanent", reason, type(exc).__name__,
+                                            message)
             else:
                 stats.processed += 1
                 ack_list = acks.get(entry.stream)
@@ -261,23 +294,70 @@ class PartitionConsumer:
             if being_cancelled():
                 raise asyncio.CancelledError from exc
             stats.failed += len(items)
-            log.warning("batch agent %s failed on %d messages: %s: %s; they stay pending",
-                        self.agent.name, len(items), type(exc).__name__, exc)
+            log.warning("batch agent %s failed on %d messages: %s: %s; they stay pending and"
+                        " are redelivered after TIDINGS_CLAIM_IDLE_MS", self.agent.name,
+                        len(items), type(exc).__name__, exc)
             return
         for entry, message in items:
-            verdict, reason = batch.outcome(message)
-            if verdict == "ack":
+            outcome = batch.outcome(message)
+            if outcome.verdict == "ack":
                 stats.processed += 1
                 self._acks.setdefault(entry.stream, []).append(entry.id)
-            elif verdict == "reject":
-                stats.rejected += 1
-                await self._dead_letter(entry, "rejected", reason or "rejected")
-            else:
-                stats.failed += 1
-                log.warning("batch agent %s failed message %s: %s; it stays pending",
-                            self.agent.name, message.id, reason)
+            elif outcome.verdict == "reject":
+                kind = outcome.kind
+                setattr(stats, kind, getattr(stats, kind) + 1)
+                await self._dead_letter(entry, kind, outcome.reason or kind, None, message)
+            elif outcome.retry is not None:
+                if outcome.retry.count:
+                    stats.failed += 1
+                await self._retry(entry, message, outcome.retry)
 
-    async def _dead_letter(self, entry: Entry, kind: str, reason: str) -> None:
+    async def _retry(self, entry: Entry, message: Message[Any], request: RetryRequest) -> None:
+        """Park the message in the delay set for its next attempt, or dead-letter it when the
+        policy gives up."""
+        policy = request.policy or self.policy
+        envelope = message.envelope
+        attempt = envelope.attempt
+        previous = _float(envelope.headers.get(DELAY_HEADER))
+        if request.count:
+            elapsed = max(0.0, (now_ms() - envelope.created_ms) / 1000)
+            delay = policy.next_delay(attempt, elapsed=elapsed, previous=previous,
+                                      requested=request.delay)
+            if delay is None:
+                self.agent.stats.exhausted += 1
+                await self._dead_letter(
+                    entry, "exhausted",
+                    f"{request.reason} (gave up after attempt {attempt}: {policy.describe()})",
+                    request.error_type, message,
+                )
+                return
+        else:  # waiting is not the message's fault: the attempt is not used up
+            delay = request.delay if request.delay is not None else policy.backoff(1)
+        errors = _history(envelope.headers.get(ERRORS_HEADER))
+        errors.append({"attempt": attempt, "at_ms": now_ms(), "type": request.error_type or "",
+                       "message": request.reason[:500]})
+        retried = dataclasses.replace(
+            envelope,
+            attempt=attempt + 1 if request.count else attempt,
+            enqueued_ms=now_ms(),
+            headers={**envelope.headers, DELAY_HEADER: f"{delay:.3f}",
+                     ERRORS_HEADER: orjson.dumps(errors[-KEPT_ERRORS:]).decode()},
+        )
+        fields = entry.fields or {}
+        member = pack_delayed({b"e": retried.to_json(), PAYLOAD_FIELD: fields[PAYLOAD_FIELD]})
+        delay_ms = max(0, round(delay * 1000))
+        await self.transport.retry_later(
+            entry.stream, self.agent.group, entry.id, self.delay_set, member, delay_ms
+        )
+        self.agent.stats.retried += 1
+        self._next_promote = min(self._next_promote, time.monotonic() + delay_ms / 1000)
+        log.info("agent %s retries message %s in %.2fs (attempt %d failed: %s)",
+                 self.agent.name, message.id, delay, attempt, request.reason)
+
+    async def _dead_letter(
+        self, entry: Entry, kind: str, reason: str, error_type: str | None = None,
+        message: Message[Any] | None = None,
+    ) -> None:
         fields: dict[bytes, bytes] = dict(entry.fields or {})
         fields.update({
             b"dead.kind": kind.encode(),
@@ -288,6 +368,10 @@ class PartitionConsumer:
             b"dead.deliveries": str(entry.deliveries).encode(),
             b"dead.at_ms": str(now_ms()).encode(),
         })
+        if error_type:
+            fields[b"dead.error_type"] = error_type.encode()
+        if message is not None:
+            fields[b"dead.attempts"] = str(message.envelope.attempt).encode()
         await self.transport.dead_letter(
             entry.stream, self.agent.group, entry.id, self.keys.dead, fields
         )
@@ -303,9 +387,21 @@ class PartitionConsumer:
             # run again, by this very consumer.
             await self._flush_acks()
             await self.reclaim()
+        if now >= self._next_promote:
+            await self.promote()
         if now >= self._next_trim:
             self._next_trim = now + self.settings.trim_interval_s
             await self.trim()
+
+    async def promote(self) -> int:
+        """Move this group's due retries from its delay set to its retry stream."""
+        limit = self.settings.batch_size
+        moved, wait_ms = await self.transport.promote(self.delay_set, self.retry_stream, limit)
+        wait = PROMOTE_EVERY_S if wait_ms is None else min(wait_ms / 1000, PROMOTE_EVERY_S)
+        self._next_promote = time.monotonic() + (0 if moved >= limit else wait)
+        if moved:
+            self._busy[-1] = True
+        return moved
 
     async def reclaim(self) -> int:
         """Take over entries left pending too long (a crashed or stuck consumer) and run them."""
@@ -352,3 +448,21 @@ class PartitionConsumer:
             except Exception as exc:
                 log.error("could not hand back %d entries of %s (%s); they are reclaimed after"
                           " TIDINGS_CLAIM_IDLE_MS", len(ids), stream, exc)
+
+
+def _float(raw: str | None) -> float | None:
+    try:
+        return None if raw is None else float(raw)
+    except ValueError:
+        return None
+
+
+def _history(raw: str | None) -> list[Any]:
+    """The error history a retried message carries; a header that does not parse is reset."""
+    if not raw:
+        return []
+    try:
+        errors = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return []
+    return errors if isinstance(errors, list) else []

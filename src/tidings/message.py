@@ -19,6 +19,12 @@ from tidings.errors import PayloadError
 WIRE_VERSION = 1
 HEADER_FIELD = b"e"
 PAYLOAD_FIELD = b"d"
+# Headers tidings itself sets on a retried message: its error history (a JSON list of
+# {attempt, at_ms, type, message}) and the delay it last waited, in seconds.
+ERRORS_HEADER = "tidings.errors"
+DELAY_HEADER = "tidings.delay"
+# The ledger message a message belongs to, when that is not its own id (a channel dispatch).
+LEDGER_HEADER = "tidings.message"
 
 T = TypeVar("T")
 

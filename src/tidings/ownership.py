@@ -169,7 +169,8 @@ class PartitionOwner:
 
     async def _start_partition(self, partition: int) -> None:
         reader = PartitionConsumer(
-            self.agent, partition, self.consumer, self.transport, self.settings
+            self.agent, partition, self.consumer, self.transport, self.settings,
+            policy=self.agent.topic.app.retry_policy(self.agent),
         )
         reader.lease_until = time.monotonic() + self.settings.lease_ttl_ms / 1000
         try:

@@ -46,6 +46,32 @@ end
 return false
 """
 
+# Due times use the server's clock, so workers with skewed clocks agree on when a retry is due.
+_RETRY_LATER = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('zadd', KEYS[1], now + tonumber(ARGV[3]), ARGV[4])
+return redis.call('xack', KEYS[2], ARGV[1], ARGV[2])
+"""
+
+# The delay set and the retry stream share the partition's hash tag: one slot.
+_PROMOTE = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('zrangebyscore', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, member in ipairs(due) do
+  local cut = string.find(member, '\\0', 1, true)
+  redis.call('xadd', KEYS[2], '*', 'e', string.sub(member, 1, cut - 1),
+             'd', string.sub(member, cut + 1))
+  redis.call('zrem', KEYS[1], member)
+end
+local nxt = redis.call('zrange', KEYS[1], 0, 0, 'WITHSCORES')
+if nxt[2] then
+  return {#due, math.max(0, tonumber(nxt[2]) - now)}
+end
+return {#due, -1}
+"""
+
 _IDLE_FOREVER_MS = 10**12
 
 
@@ -89,6 +115,8 @@ class RedisTransport:
         self._release = client.register_script(_RELEASE)
         self._join = client.register_script(_JOIN)
         self._add_once = client.register_script(_ADD_ONCE)
+        self._retry_later = client.register_script(_RETRY_LATER)
+        self._promote = client.register_script(_PROMOTE)
 
     async def add(self, entries: Sequence[tuple[str, dict[bytes, bytes]]]) -> list[bytes]:
         if len(entries) == 1:
@@ -220,6 +248,16 @@ class RedisTransport:
         pipe.xadd(dead_stream, fields)  # type: ignore[arg-type]
         pipe.xack(stream, group, entry_id)
         await pipe.execute()
+
+    async def retry_later(
+        self, stream: str, group: str, entry_id: bytes, delayed: str, member: bytes,
+        delay_ms: int,
+    ) -> None:
+        await self._retry_later(keys=[delayed, stream], args=[group, entry_id, delay_ms, member])
+
+    async def promote(self, delayed: str, stream: str, limit: int) -> tuple[int, int | None]:
+        moved, wait_ms = await self._promote(keys=[delayed, stream], args=[limit])
+        return int(moved), None if int(wait_ms) < 0 else int(wait_ms)
 
     async def groups(self, stream: str) -> list[GroupState]:
         try:

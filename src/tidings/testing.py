@@ -7,16 +7,18 @@ dicts, so agent logic can be unit-tested fast. The same behaviour suite runs aga
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from tidings.agent import AgentStats
 from tidings.app import App
 from tidings.ownership import PartitionOwner
 from tidings.settings import Settings
-from tidings.transport import Claimed, Entry, GroupState, parse_id
+from tidings.transport import Claimed, Entry, GroupState, parse_id, unpack_delayed
 
 
 def _format(ident: tuple[int, int]) -> bytes:
@@ -52,6 +54,7 @@ class MemoryTransport:
         self.members: dict[str, dict[str, float]] = {}
         self.registry: dict[str, dict[str, int]] = {}
         self.markers: dict[str, float] = {}
+        self.delayed: dict[str, dict[bytes, float]] = {}  # delay set -> member -> due (ms)
         self._changed = asyncio.Condition()
 
     @staticmethod
@@ -180,6 +183,25 @@ class MemoryTransport:
         await self.add([(dead_stream, fields)])
         await self.ack(stream, group, [entry_id])
 
+    async def retry_later(
+        self, stream: str, group: str, entry_id: bytes, delayed: str, member: bytes,
+        delay_ms: int,
+    ) -> None:
+        self.delayed.setdefault(delayed, {})[member] = self._now_ms() + delay_ms
+        await self.ack(stream, group, [entry_id])
+
+    async def promote(self, delayed: str, stream: str, limit: int) -> tuple[int, int | None]:
+        members = self.delayed.get(delayed, {})
+        now = self._now_ms()
+        due = sorted((at, m) for m, at in members.items() if at <= now)[:limit]
+        if due:
+            await self.add([(stream, unpack_delayed(m)) for _, m in due])
+        for _, member in due:
+            del members[member]
+        if not members:
+            return len(due), None
+        return len(due), max(0, int(min(members.values()) - now))
+
     async def groups(self, stream: str) -> list[GroupState]:
         state = self.streams.get(stream)
         if state is None:
@@ -270,28 +292,53 @@ class Harness:
             await owner.stop()
 
     async def drain(self, within: float = 10.0) -> None:
-        """Wait until every lane of every agent's topic has been read and acked."""
+        """Wait until every lane of every agent's topic has been read and acked and no retry
+        is waiting. A look is not atomic and a retried message moves back and forth between
+        the retry stream and the delay set, so two quiet looks with no handler outcome in
+        between are required."""
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            if await self._idle():
+            before = self._outcomes()
+            if await self._idle() and await self._idle() and self._outcomes() == before:
                 return
             await asyncio.sleep(0.01)
         raise TimeoutError(f"agents still busy after {within}s")
 
+    def _outcomes(self) -> list[AgentStats]:
+        return [dataclasses.replace(owner.agent.stats) for owner in self.owners]
+
     async def _idle(self) -> bool:
         transport = self.app.transport
         for owner in self.owners:
+            group = owner.agent.group
             topic = owner.agent.topic
             for partition in range(topic.partitions):
-                for lane in topic.keys(partition).lanes:
-                    for group in await transport.groups(lane):
-                        if group.name != owner.agent.group:
-                            continue
-                        if group.pending:
-                            return False
-                        if await _unread(transport, lane, group.last_delivered):
-                            return False
+                pk = topic.keys(partition)
+                # In the order a retried message moves (lane, delay set, retry stream), so a
+                # message moving on while we look is seen in its next place, never missed.
+                for lane in pk.lanes:
+                    if await _busy(transport, lane, group):
+                        return False
+                if await _delayed(transport, pk.delayed(group)):
+                    return False
+                if await _busy(transport, pk.retry(group), group):
+                    return False
         return True
+
+
+async def _busy(transport: Any, lane: str, group: str) -> bool:
+    """Entries of ``lane`` that ``group`` has pending or not read yet."""
+    for state in await transport.groups(lane):
+        if state.name == group:
+            return bool(state.pending) or await _unread(transport, lane, state.last_delivered)
+    return False
+
+
+async def _delayed(transport: Any, delay_set: str) -> int:
+    """Retries waiting in a delay set."""
+    if isinstance(transport, MemoryTransport):
+        return len(transport.delayed.get(delay_set, {}))
+    return int(await transport.client.zcard(delay_set))
 
 
 async def _unread(transport: Any, lane: str, last_delivered: bytes) -> bool:

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from tidings.message import HEADER_FIELD, PAYLOAD_FIELD
+
 
 @dataclass(slots=True)  # not frozen: built per message, and frozen init is 3x slower
 class Entry:
@@ -95,6 +97,21 @@ class Transport(Protocol):
         """Atomically append to the dead-letter stream and ack the original."""
         ...
 
+    async def retry_later(
+        self, stream: str, group: str, entry_id: bytes, delayed: str, member: bytes,
+        delay_ms: int,
+    ) -> None:
+        """Atomically park ``member`` (see :func:`pack_delayed`) in the delay set ``delayed``,
+        due ``delay_ms`` from now by the server's clock, and ack the original entry."""
+        ...
+
+    async def promote(self, delayed: str, stream: str, limit: int) -> tuple[int, int | None]:
+        """Move up to ``limit`` due members of ``delayed`` to ``stream``, atomically.
+
+        Returns how many moved and the milliseconds until the next one is due (None: empty).
+        """
+        ...
+
     async def groups(self, stream: str) -> list[GroupState]: ...
 
     async def trim_below(self, stream: str, min_id: bytes) -> int:
@@ -126,6 +143,20 @@ class Transport(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def pack_delayed(fields: dict[bytes, bytes]) -> bytes:
+    """A delay-set member: the envelope header, NUL, the payload.
+
+    JSON never holds a raw NUL (it escapes control characters), so the split is unambiguous,
+    and the header's id and attempt number make every member unique.
+    """
+    return fields[HEADER_FIELD] + b"\x00" + fields[PAYLOAD_FIELD]
+
+
+def unpack_delayed(member: bytes) -> dict[bytes, bytes]:
+    header, _, payload = member.partition(b"\x00")
+    return {HEADER_FIELD: header, PAYLOAD_FIELD: payload}
 
 
 def parse_id(raw: bytes) -> tuple[int, int]:

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 from contextlib import suppress
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from tidings.app import App
 from tidings.errors import ConfigurationError
 from tidings.ownership import PartitionOwner
+from tidings.retry import load_queue_policies
 from tidings.settings import Settings
 from tidings.tasks import being_cancelled
 
@@ -106,6 +108,9 @@ class Worker:
     async def _serve(self) -> None:
         if self.database:
             await self._prepare_database()
+            queues = await load_queue_policies(self.app.engine)
+            policies = self.app.retry_policies
+            self.app.retry_policies = replace(policies, by_queue={**policies.by_queue, **queues})
         self.owners = [
             PartitionOwner(agent, self.consumer, self.app.transport, self.settings)
             for agent in self.agents

@@ -51,7 +51,7 @@ class World:
         deadline = time.monotonic() + within
         while True:
             rows = await self.ledger(message_id)
-            final = [r for r in rows if r[2] != "accepted"]
+            final = [r for r in rows if r[2] not in ("accepted", "sending")]
             if len(final) >= expected_rows or time.monotonic() > deadline:
                 return rows
             await asyncio.sleep(0.05)

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidings.app import App
-from tidings.batch import Batch
+from tidings.batch import Batch, RetryRequest
 from tidings.errors import ConfigurationError
-from tidings.message import Message, Priority
+from tidings.message import LEDGER_HEADER, Message, Priority
+from tidings.retry import RetryPolicy
 from tidings.topic import Topic
 
 
@@ -34,7 +35,15 @@ class Item:
     priority: Priority
     output: str | None = None
     dropped: str | None = None
+    retrying: RetryRequest | None = None
+    rejected: tuple[str, str] | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        """Decided: routed, dropped, to be retried or rejected; later steps skip it."""
+        return (self.output is not None or self.dropped is not None
+                or self.retrying is not None or self.rejected is not None)
 
     def route(self, output: str) -> None:
         """Leave the stage through ``output`` (a name from the stage's outputs)."""
@@ -43,6 +52,18 @@ class Item:
     def drop(self, reason: str) -> None:
         """Stop here on purpose; the reason is handed to the stage's ``on_drop`` hook."""
         self.dropped = reason
+
+    def retry(
+        self, reason: str, *, delay: float | None = None, error_type: str | None = None,
+        policy: RetryPolicy | None = None, count: bool = True,
+    ) -> None:
+        """Run the whole stage again for this item's message later (see ``Batch.retry``);
+        the stage's steps must therefore be safe to repeat."""
+        self.retrying = RetryRequest(reason, delay, error_type, policy, count)
+
+    def reject(self, reason: str, *, kind: str = "rejected") -> None:
+        """Dead-letter this item's message (``kind``: rejected, permanent, exhausted)."""
+        self.rejected = (reason, kind)
 
     def split(self, value: Any, **attrs: Any) -> Item:
         """A sibling item for the same message (fan-out), e.g. one per channel."""
@@ -208,7 +229,13 @@ def _runner(stage: Stage) -> Callable[[Batch[Any]], Awaitable[None]]:
         if dropped and stage.on_drop is not None:
             await stage.on_drop(dropped)
         for item in items:
-            if item.dropped is None:
+            if item.rejected is not None:
+                batch.reject(item.message, item.rejected[0], kind=item.rejected[1])
+            elif item.retrying is not None:
+                r = item.retrying
+                batch.retry(item.message, r.reason, delay=r.delay, error_type=r.error_type,
+                            policy=r.policy, count=r.count)
+            elif item.dropped is None:
                 _dispatch(stage, batch, item)
 
     run_stage.__name__ = f"stage_{stage.name}"
@@ -217,8 +244,8 @@ def _runner(stage: Stage) -> Callable[[Batch[Any]], Awaitable[None]]:
 
 async def _run_steps(stage: Stage, items: list[Item]) -> list[Item]:
     for step in stage.steps:
-        done = [i for i in items if i.dropped is not None or i.output is not None]
-        items = await step([i for i in items if i.dropped is None and i.output is None]) + done
+        done = [i for i in items if i.done]
+        items = await step([i for i in items if not i.done]) + done
     return items
 
 
@@ -231,5 +258,8 @@ def _dispatch(stage: Stage, batch: Batch[Any], item: Item) -> None:
     if topic is None:
         batch.reject(item.message, f"stage {stage.name!r} has no output {item.output!r}")
         return
+    # Every output names the ledger message it descends from, for dead letters and replays.
+    ledger_id = item.message.headers.get(LEDGER_HEADER, item.message.id)
     batch.send(topic, item.value, key=item.key, priority=item.priority,
+               headers={LEDGER_HEADER: ledger_id},
                trace_id=item.message.envelope.trace_id or item.message.id)

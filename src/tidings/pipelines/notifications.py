@@ -18,7 +18,6 @@ run`` for delayed deliveries).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,15 +29,17 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from tidings.app import App
-from tidings.message import now_ms
 from tidings.notification import Channel, Content, Notification
 from tidings.pipelines.graph import Item, Pipeline
+from tidings.pipelines.intents import Intents
 from tidings.pipelines.ledger import DeliveryState, LedgerWriter, MessageRecord
 from tidings.pipelines.preferences import Outcome, Preferences, PreferenceStore, decide
 from tidings.pipelines.routing import Router, Rule
+from tidings.pipelines.sending import Sender
 from tidings.pipelines.templates import Renderer, TemplateError, TemplateStore
+from tidings.retry import RetryPolicy
 from tidings.scheduling.store import Schedules
-from tidings.sinks.base import Delivery, Provider, SendResult, deliveries
+from tidings.sinks.base import Provider
 from tidings.sinks.providers import build_providers
 from tidings.sinks.settings import ProviderSettings
 from tidings.topic import Topic
@@ -78,6 +79,7 @@ class Services:
     preferences: PreferenceStore
     schedules: Schedules
     providers: dict[Channel, Provider]
+    sender: Sender
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
@@ -158,13 +160,20 @@ class NotificationPipeline:
             return  # a producer (e.g. `tidings publish`) only needs the intake topic
         engine = app.engine
         templates = TemplateStore(engine)
+        ledger = LedgerWriter(engine)
+        providers = await self._providers(app)
+        # A 'sending' row older than the reclaim idle time belongs to a worker that died.
+        stale_s = app.settings.claim_idle_ms / 1000
         self._services = Services(
-            ledger=LedgerWriter(engine),
+            ledger=ledger,
             templates=templates,
             renderer=Renderer(templates),
             preferences=PreferenceStore(engine),
             schedules=Schedules(engine),
-            providers=await self._providers(app),
+            providers=providers,
+            sender=Sender(ledger, Intents(engine, stale_after_s=stale_s), providers,
+                          self.retry_policy, concurrency=self._send_slots,
+                          busy_wait_s=stale_s),
         )
 
     async def _stop(self, app: App) -> None:
@@ -329,65 +338,15 @@ class NotificationPipeline:
     # -- delivery -------------------------------------------------------------------------
 
     async def deliver(self, items: list[Item]) -> list[Item]:
-        """Send every item through its channel's provider (or walk its fallback chain)."""
-        slots = asyncio.Semaphore(self._send_slots)
-        # A redelivered batch (a crash or error after sending, before the ack) must not send
-        # again what the ledger already has as sent.
-        redelivered = [i.value.message_id for i in items if i.message.deliveries > 1]
-        sent = await self.services.ledger.already_sent(redelivered)
+        """Send every item through its channel's provider (or walk its fallback chain); settle
+        failures by retry, wait or dead letter (see :mod:`tidings.pipelines.sending`)."""
+        return await self.services.sender.deliver(items, self.tally)
 
-        async def one(item: Item) -> None:
-            async with slots:
-                await self._deliver_one(item.value, sent)
-
-        await asyncio.gather(*(one(i) for i in items))
-        return items
-
-    async def _deliver_one(self, dispatch: Dispatch, sent: set[tuple[str, str, str]]) -> None:
-        for channel in dispatch.channels:
-            results = await self._send(dispatch, channel, sent)
-            if results and all(r.ok for r in results):
-                return  # fallback chains stop at the first channel that delivered
-
-    async def _send(
-        self, dispatch: Dispatch, channel: Channel, sent: set[tuple[str, str, str]]
-    ) -> list[SendResult]:
-        ledger = self.services.ledger
-        provider = self.services.providers.get(channel)
-        if provider is None:
-            for address in dispatch.notification.recipient.addresses(channel):
-                await ledger.record_delivery(
-                    dispatch.message_id, channel, address, "failed",
-                    error=f"no provider is configured for {channel}",
-                )
-            self.tally.count(channel, "failed")
-            return []
-        legs = list(deliveries(dispatch.notification, channel, dispatch.contents[channel]))
-        done = [leg for leg in legs if (dispatch.message_id, channel, leg.address) in sent]
-        if done:
-            self.tally.count(channel, "already_sent", len(done))
-            if len(done) == len(legs):
-                return [_already(leg) for leg in done]
-            legs = [leg for leg in legs if leg not in done]
-        results = await asyncio.gather(*(provider.send(leg) for leg in legs))
-        done_ms = now_ms()
-        for result in results:
-            await ledger.record_delivery(
-                dispatch.message_id, channel, result.address,
-                "sent" if result.ok else "failed", provider=result.provider,
-                provider_message_id=result.provider_message_id,
-                error=None if result.failure is None else result.failure.reason,
-            )
-            self.tally.count(channel, "sent" if result.ok else "failed")
-            if result.ok:
-                self.tally.latency(channel, done_ms - dispatch.accepted_ms)
-        return list(results)
-
-
-def _already(leg: Delivery) -> SendResult:
-    """A leg the ledger had as sent: reported as delivered, not sent again."""
-    return SendResult("ledger", leg.channel, leg.address, leg.idempotency_key, 0.0, 0.0,
-                      provider_message_id="already-sent")
+    def retry_policy(self, dispatch: Dispatch) -> RetryPolicy:
+        """The retry policy of a dispatch: its notification type's, else its stage's."""
+        stage = "orchestration" if dispatch.mode == "fallback" else dispatch.channels[0]
+        agent = self.app.agents[f"{self.pipeline.name}.{stage}"]
+        return self.app.retry_policy(agent, type=dispatch.notification.type)
 
 
 def build(name: str = "notifications", **options: object) -> NotificationPipeline:

@@ -60,7 +60,8 @@ def _content_for(notification: Notification, channel: Channel,
     return notification.content
 
 
-async def _guarded(provider: Provider, delivery: Delivery) -> SendResult:
+async def guarded(provider: Provider, delivery: Delivery) -> SendResult:
+    """``provider.send``, with an exception (a broken never-raise contract) as a failure."""
     try:
         return await provider.send(delivery)
     except Exception as exc:  # a provider broke its never-raise contract; record, never lose
@@ -87,8 +88,8 @@ async def send_channel(
                              f"recipient {notification.recipient.user_id!r} has no {channel} "
                              "address", "no_address", bad_address=True)]
     if len(legs) == 1:
-        return [await _guarded(provider, legs[0])]
-    return list(await asyncio.gather(*(_guarded(provider, leg) for leg in legs)))
+        return [await guarded(provider, legs[0])]
+    return list(await asyncio.gather(*(guarded(provider, leg) for leg in legs)))
 
 
 async def fan_out(

@@ -1,4 +1,5 @@
-"""Failure handling: dead letters with their replay audit, and the 'sending' delivery state.
+"""Failure handling: dead letters with their replay audit, the 'sending' delivery state, and
+the seeded queues' retry policies in the format tidings.retry reads.
 
 'sending' is the intent row written before a provider is called, so a worker that dies between
 the call and the ack does not send a second time (exactly-once effect).
@@ -9,6 +10,7 @@ Revises: 0003
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,6 +25,16 @@ depends_on: str | None = None
 # Frozen copies, not imports from tidings.tables: a migration must not change when the code does.
 _OLD_STATES = "'accepted', 'filtered', 'delayed', 'sent', 'failed', 'dead'"
 _NEW_STATES = "'accepted', 'filtered', 'delayed', 'sending', 'sent', 'failed', 'dead'"
+
+
+_OLD_RETRY = {"strategy": "exponential_jitter", "base_s": 1, "max_s": 300, "max_attempts": 8}
+_NEW_RETRY = {"strategy": "full_jitter", "base": 1, "max_delay": 300, "max_attempts": 8}
+_SET_RETRY = ("UPDATE queue_configs SET retry_policy = CAST(:new AS jsonb)"
+              " WHERE retry_policy = CAST(:old AS jsonb)")
+
+
+def _set_retry(new: dict[str, Any], old: dict[str, Any]) -> None:
+    op.execute(sa.text(_SET_RETRY).bindparams(new=json.dumps(new), old=json.dumps(old)))
 
 
 def _now(name: str, *, nullable: bool = False) -> sa.Column[Any]:
@@ -43,6 +55,7 @@ def _json(name: str, default: str) -> sa.Column[Any]:
 
 
 def upgrade() -> None:
+    _set_retry(_NEW_RETRY, _OLD_RETRY)
     op.drop_constraint("ck_deliveries_state", "deliveries", type_="check")
     op.create_check_constraint("ck_deliveries_state", "deliveries", f"state IN ({_NEW_STATES})")
     op.create_table(
@@ -110,3 +123,4 @@ def downgrade() -> None:
     op.execute("DELETE FROM deliveries WHERE state = 'sending'")
     op.drop_constraint("ck_deliveries_state", "deliveries", type_="check")
     op.create_check_constraint("ck_deliveries_state", "deliveries", f"state IN ({_OLD_STATES})")
+    _set_retry(_OLD_RETRY, _NEW_RETRY)

@@ -1,0 +1,83 @@
+"""Intent rows: a delivery leg is marked 'sending' in PostgreSQL before its provider is called.
+
+This is what makes the effect exactly-once (DESIGN.md D2): a leg is sent only by the one
+consumer that moved its row to 'sending'. If that worker dies between the provider call and
+the ack, the redelivered message finds the row still 'sending' — the outcome is unknown — and
+does not send blindly a second time (see :mod:`tidings.pipelines.sending`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+DeliveryKey = tuple[str, str, str]  # (message_id, channel, recipient)
+
+CLAIMED = "claimed"
+"""The leg is ours to send now."""
+BUSY = "busy"
+"""Another consumer is sending it right now (its 'sending' row is fresh): look again later."""
+
+# A row in accepted / delayed / failed moves to 'sending' and is ours; a missing one is created
+# so. Any other state is reported as it was; a 'sending' row younger than :stale_s is busy.
+_CLAIM = text("""
+WITH want AS (
+    SELECT DISTINCT message_id, channel, recipient
+    FROM unnest(CAST(:message_id AS text[]), CAST(:channel AS text[]),
+                CAST(:recipient AS text[])) AS w(message_id, channel, recipient)
+), prior AS (
+    SELECT d.message_id, d.channel, d.recipient,
+           CASE WHEN d.state = 'sending'
+                     AND d.updated_at > now() - make_interval(secs => :stale_s)
+                THEN 'busy' ELSE d.state END AS state
+    FROM deliveries AS d JOIN want USING (message_id, channel, recipient)
+), claimed AS (
+    INSERT INTO deliveries AS d (message_id, channel, recipient, state)
+    SELECT message_id, channel, recipient, 'sending' FROM want
+    ORDER BY message_id, channel, recipient
+    ON CONFLICT (message_id, channel, recipient) DO UPDATE
+        SET state = 'sending', updated_at = now()
+        WHERE d.state IN ('accepted', 'delayed', 'failed')
+    RETURNING d.message_id, d.channel, d.recipient
+)
+SELECT want.message_id, want.channel, want.recipient, prior.state AS prior,
+       claimed.message_id IS NOT NULL AS claimed
+FROM want
+LEFT JOIN prior USING (message_id, channel, recipient)
+LEFT JOIN claimed USING (message_id, channel, recipient)
+""")
+
+
+class Intents:
+    """Claims delivery legs before they are sent, one statement per batch."""
+
+    def __init__(self, engine: AsyncEngine, *, stale_after_s: float = 30.0) -> None:
+        self._engine = engine
+        # A 'sending' row older than this belongs to a worker that died mid-send.
+        self._stale_s = stale_after_s
+
+    async def claim(self, legs: Sequence[DeliveryKey]) -> dict[DeliveryKey, str]:
+        """For each leg: CLAIMED, BUSY, or the state it was already in: 'sent', 'filtered',
+        'dead', or 'sending' (stale: its sender died; the outcome is unknown)."""
+        if not legs:
+            return {}
+        params = {
+            "message_id": [leg[0] for leg in legs],
+            "channel": [leg[1] for leg in legs],
+            "recipient": [leg[2] for leg in legs],
+            "stale_s": self._stale_s,
+        }
+        async with self._engine.begin() as conn:
+            rows = await conn.execute(_CLAIM, params)
+            result: dict[DeliveryKey, str] = {}
+            for row in rows:
+                key = (row.message_id, row.channel, row.recipient)
+                if row.claimed:
+                    result[key] = CLAIMED
+                elif row.prior in ("sent", "filtered", "dead", "sending"):
+                    result[key] = row.prior
+                else:
+                    result[key] = BUSY
+            return result

@@ -1,0 +1,241 @@
+"""The deliver step: send each dispatch over its channel or fallback chain, exactly once in
+effect, then settle what did not go out.
+
+Every leg (message, channel, address) is claimed in the ledger ('sending') before its
+provider is called (:mod:`tidings.pipelines.intents`). What failed is settled by the failure's
+class: transient → retried after the policy's backoff (or the provider's Retry-After); every
+provider circuit-broken → waits without using up an attempt; permanent, or out of attempts →
+the legs are marked dead in the ledger and the message goes to the dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tidings.message import DELAY_HEADER, now_ms
+from tidings.notification import Channel
+from tidings.pipelines.graph import Item
+from tidings.pipelines.intents import BUSY, CLAIMED, DeliveryKey, Intents
+from tidings.pipelines.ledger import DeliveryState, LedgerWriter
+from tidings.retry import RetryPolicy
+from tidings.sinks.base import PERMANENT, Delivery, Failure, Provider, SendResult, deliveries
+from tidings.sinks.orchestration import guarded
+
+if TYPE_CHECKING:
+    from tidings.pipelines.notifications import Dispatch, Tally
+
+BREAKER_OPEN = "breaker_open"
+OUTCOME_UNKNOWN = "outcome_unknown"
+
+
+@dataclass
+class _Run:
+    """One dispatch's way through its channels in this batch."""
+
+    item: Item
+    dispatch: Dispatch
+    channels: list[Channel]
+    failures: list[SendResult] = field(default_factory=list)
+    delivered: bool = False
+    busy: bool = False
+
+    @property
+    def goes_on(self) -> bool:
+        """A fallback chain moves to its next channel while nothing was delivered."""
+        return (not self.delivered and not self.busy and bool(self.channels)
+                and self.dispatch.mode == "fallback")
+
+
+@dataclass
+class _Job:
+    run: _Run
+    channel: Channel
+    provider: Provider
+    legs: list[Delivery]
+
+
+def idempotent(provider: Provider) -> bool:
+    """Whether the provider deduplicates by our idempotency key, so a send whose outcome is
+    unknown may be repeated safely (providers say so with ``idempotent = True``)."""
+    return bool(getattr(provider, "idempotent", False))
+
+
+class Sender:
+    """Delivers dispatches through the channel providers; see the module docstring."""
+
+    def __init__(
+        self,
+        ledger: LedgerWriter,
+        intents: Intents,
+        providers: dict[Channel, Provider],
+        policy_for: Callable[[Dispatch], RetryPolicy],
+        *,
+        concurrency: int = 32,
+        busy_wait_s: float = 30.0,
+    ) -> None:
+        self.ledger = ledger
+        self.intents = intents
+        self.providers = providers
+        self.policy_for = policy_for
+        self.concurrency = concurrency
+        self.busy_wait_s = busy_wait_s
+
+    async def deliver(self, items: list[Item], tally: Tally) -> list[Item]:
+        runs = [_Run(i, i.value, list(i.value.channels)) for i in items]
+        active = runs
+        while active:
+            await self._wave(active, tally)
+            active = [run for run in active if run.goes_on]
+        for run in runs:
+            await self._settle(run, tally)
+        return items
+
+    async def _wave(self, runs: list[_Run], tally: Tally) -> None:
+        """Send the next channel of every run: one ledger claim, then the provider calls."""
+        jobs: list[_Job] = []
+        for run in runs:
+            channel = run.channels.pop(0)
+            job = await self._job(run, channel, tally)
+            if job is not None:
+                jobs.append(job)
+        claims = await self.intents.claim(
+            [(j.run.dispatch.message_id, j.channel, leg.address) for j in jobs for leg in j.legs]
+        )
+        slots = asyncio.Semaphore(self.concurrency)
+        sends: list[tuple[_Job, Delivery]] = []
+        for job in jobs:
+            sends += await self._triage(job, claims, tally)
+
+        async def send(job: _Job, leg: Delivery) -> SendResult:
+            async with slots:
+                return await guarded(job.provider, leg)
+
+        results = await asyncio.gather(*(send(job, leg) for job, leg in sends))
+        done_ms = now_ms()
+        sent_now: set[int] = set()
+        for (job, _), result in zip(sends, results, strict=True):
+            await self._record(job.run, result, tally, done_ms)
+            if result.ok:
+                sent_now.add(id(job))
+        for job in jobs:
+            run = job.run
+            if run.dispatch.mode == "fallback":  # one delivered leg ends the chain
+                run.delivered = run.delivered or id(job) in sent_now
+            else:  # fan-out: every leg must have gone
+                run.delivered = not run.busy and not any(
+                    f.channel == job.channel for f in run.failures)
+
+    async def _job(self, run: _Run, channel: Channel, tally: Tally) -> _Job | None:
+        n = run.dispatch.notification
+        provider = self.providers.get(channel)
+        content = run.dispatch.contents.get(channel)
+        legs = list(deliveries(n, channel, content)) if content is not None else []
+        if provider is not None and legs:
+            return _Job(run, channel, provider, legs)
+        reason = (f"no provider is configured for {channel}" if provider is None
+                  else f"recipient {n.recipient.user_id!r} has no {channel} address")
+        address = n.recipient.user_id
+        failure = SendResult("none" if provider is None else provider.name, channel, address,
+                             "", time.time(), 0.0,
+                             failure=Failure(PERMANENT, reason, code="not_sendable"))
+        await self._record(run, failure, tally, now_ms())
+        return None
+
+    async def _triage(
+        self, job: _Job, claims: dict[DeliveryKey, str], tally: Tally
+    ) -> list[tuple[_Job, Delivery]]:
+        """The legs of ``job`` to send now; the others are settled from what the ledger says."""
+        run, sends = job.run, []
+        for leg in job.legs:
+            state = claims[(run.dispatch.message_id, job.channel, leg.address)]
+            if state == CLAIMED or (state == "sending" and idempotent(job.provider)):
+                sends.append((job, leg))
+            elif state == "sent":
+                run.delivered = run.delivered or run.dispatch.mode == "fallback"
+                tally.count(job.channel, "already_sent")
+            elif state == BUSY:
+                run.busy = True
+            elif state == "sending":  # its sender died mid-call: sending again could duplicate
+                unknown = SendResult(
+                    job.provider.name, job.channel, leg.address, leg.idempotency_key,
+                    time.time(), 0.0, failure=Failure(
+                        PERMANENT, "the worker stopped while sending it: the outcome is unknown"
+                        f" and {job.provider.name!r} cannot deduplicate, so it is not sent again;"
+                        " replay it with --force to send anyway", code=OUTCOME_UNKNOWN),
+                )
+                await self._record(run, unknown, tally, now_ms())
+            else:  # filtered or dead already: final, nothing to send or record
+                run.failures.append(SendResult(
+                    job.provider.name, job.channel, leg.address, leg.idempotency_key,
+                    time.time(), 0.0, failure=Failure(PERMANENT, f"already {state}",
+                                                      code=f"already_{state}")))
+        return sends
+
+    async def _record(self, run: _Run, result: SendResult, tally: Tally, done_ms: int) -> None:
+        error = None if result.failure is None else result.failure.reason
+        state: DeliveryState = "sent" if result.ok else "failed"
+        await self.ledger.record_delivery(
+            run.dispatch.message_id, result.channel, result.address, state,
+            provider=result.provider, provider_message_id=result.provider_message_id,
+            error=error,
+        )
+        tally.count(result.channel, state)
+        if result.ok:
+            tally.latency(result.channel, done_ms - run.dispatch.accepted_ms)
+        else:
+            run.failures.append(result)
+
+    async def _settle(self, run: _Run, tally: Tally) -> None:
+        """Retry, wait or dead-letter a dispatch that was not delivered."""
+        if run.delivered:
+            return
+        item = run.item
+        if run.busy:
+            item.retry("another worker is sending it", delay=self.busy_wait_s, count=False)
+            return
+        failures = run.failures
+        reason = "; ".join(f"{f.channel} via {f.provider}: {_reason(f)}" for f in failures)
+        transient = [f for f in failures if f.failure is not None and f.failure.transient]
+        if transient and all(_code(f) == BREAKER_OPEN for f in transient):
+            wait = max(f.failure.retry_after or 1.0 for f in transient if f.failure)
+            item.retry(reason, delay=wait, count=False, error_type=BREAKER_OPEN)
+            tally.count("*", "waiting")
+            return
+        kind = "permanent"
+        if transient:
+            delay = self._next_delay(run, transient)
+            if delay is not None:
+                item.retry(reason, delay=delay, policy=self.policy_for(run.dispatch),
+                           error_type=_code(transient[0]))
+                tally.count(transient[0].channel, "retried")
+                return
+            kind = "exhausted"
+        for f in failures:
+            if _code(f) not in ("already_dead", "already_filtered"):
+                await self.ledger.record_delivery(run.dispatch.message_id, f.channel,
+                                                  f.address, "dead", error=_reason(f))
+                tally.count(f.channel, "dead")
+        item.reject(reason or "nothing could be sent", kind=kind)
+
+    def _next_delay(self, run: _Run, transient: list[SendResult]) -> float | None:
+        envelope = run.item.message.envelope
+        asked = [f.failure.retry_after for f in transient if f.failure and f.failure.retry_after]
+        previous = envelope.headers.get(DELAY_HEADER)
+        return self.policy_for(run.dispatch).next_delay(
+            envelope.attempt,
+            elapsed=max(0.0, (now_ms() - envelope.created_ms) / 1000),
+            previous=float(previous) if previous else None,
+            requested=max(asked) if asked else None,
+        )
+
+
+def _code(result: SendResult) -> str | None:
+    return None if result.failure is None else result.failure.code
+
+
+def _reason(result: SendResult) -> str:
+    return "" if result.failure is None else result.failure.reason
