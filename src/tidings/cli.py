@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from tidings.dlq.cli import dlq_cli
 from tidings.errors import TidingsError
 from tidings.scheduling.cli import schedules_cli
 from tidings.settings import Settings
@@ -33,6 +34,7 @@ bench_cli = typer.Typer(help="Benchmarks that print tidings next to a raw baseli
 cli.add_typer(embedded_cli, name="embedded")
 cli.add_typer(bench_cli, name="bench")
 cli.add_typer(schedules_cli, name="schedules")
+cli.add_typer(dlq_cli, name="dlq")
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console()

@@ -78,9 +78,10 @@ class PartitionConsumer:
         self.keys = agent.topic.keys(partition)
         self.retry_stream = self.keys.retry(agent.group)
         self.delay_set = self.keys.delayed(agent.group)
-        # Priority lanes, then this group's retries (read with the normal lane's weight).
+        # Priority lanes, then this group's retries, read with the low lane's weight: never
+        # starved, never crowding out fresh work.
         self.lanes = (*self.keys.lanes, self.retry_stream)
-        self._weights = [*settings.lane_weights, settings.lane_weights[1]]
+        self._weights = [*settings.lane_weights, settings.lane_weights[2]]
         self._stopping = asyncio.Event()
         self._acks: dict[str, list[bytes]] = {}
         self._busy = [False] * len(self.lanes)

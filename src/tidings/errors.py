@@ -5,7 +5,9 @@
     │   ├── pipelines.GraphError      a pipeline graph that cannot work as declared
     │   ├── pipelines.routing.RoutingError          a routing rule that cannot work
     │   ├── pipelines.preferences.PreferencesError  recipient preferences that cannot work
-    │   └── scheduling.calendar.InvalidSchedule   a bad cron expression, duration or zone
+    │   ├── scheduling.calendar.InvalidSchedule   a bad cron expression, duration or zone
+    │   ├── dlq.filters.FilterError     a dead-letter filter expression that cannot be parsed
+    │   └── dlq.edits.EditError         a --set edit that cannot apply to the payload
     ├── ConnectionFailed              Redis or PostgreSQL could not be reached
     ├── MigrationsPending             the database schema is older than this code
     ├── EmbeddedServerError           the embedded Redis / PostgreSQL would not start or stop
@@ -18,6 +20,8 @@
     ├── pipelines.ledger.LedgerError  ledger rows that could not be written (says if retained)
     ├── sinks.webhook.InvalidSignature   a webhook body whose signature does not verify
     ├── capture.http.CaptureError     the local capture server was misused (tests, demo)
+    ├── dlq.store.UnknownDeadLetter   a dead-letter id that is not stored
+    ├── dlq.replay.ReplayError        a dead letter that cannot be replayed as asked
     └── Signal                        control flow raised by a handler, not a failure of tidings
         ├── Reject(reason)            park the message in the dead letters, ack it
         └── Retry(delay, reason)      try the message again after ``delay`` seconds

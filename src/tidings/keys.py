@@ -60,3 +60,13 @@ def members(namespace: str, topic: str, group: str) -> str:
 def topic_registry(namespace: str) -> str:
     """Hash of topic name -> partition count, so tools can find streams without a SCAN."""
     return f"{namespace}:topics"
+
+
+def breaker(namespace: str, provider: str) -> str:
+    """Hash of one provider's circuit breaker (its own hash tag: one slot per breaker)."""
+    return f"{namespace}:breaker:{{{provider}}}"
+
+
+def breaker_registry(namespace: str) -> str:
+    """Set of every provider name with a breaker, so tools can list them without a SCAN."""
+    return f"{namespace}:breakers"

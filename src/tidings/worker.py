@@ -23,9 +23,11 @@ from tidings.errors import ConfigurationError
 from tidings.ownership import PartitionOwner
 from tidings.retry import load_queue_policies
 from tidings.settings import Settings
+from tidings.streams import RedisTransport
 from tidings.tasks import being_cancelled
 
 if TYPE_CHECKING:
+    from tidings.dlq import DeadLetterRecorder
     from tidings.observability.server import ObservabilityServer
 
 log = logging.getLogger("tidings.worker")
@@ -79,6 +81,8 @@ class Worker:
         self._stop = asyncio.Event()
         self._signals = 0
         self._group_ids: dict[str, int] = {}
+        self.recorder: DeadLetterRecorder | None = None
+        self._recording: asyncio.Task[None] | None = None
 
     def request_stop(self) -> None:
         self._signals += 1
@@ -118,6 +122,7 @@ class Worker:
         for owner in self.owners:
             await owner.start()
         heartbeat = asyncio.create_task(self._heartbeat()) if self.database else None
+        self._start_recorder()
         log.info("worker %s consuming %s", self.consumer, ", ".join(a.name for a in self.agents))
         try:
             if self.http_port is not None:
@@ -137,8 +142,30 @@ class Worker:
         self.http = ObservabilityServer(sources, registry, host=self.http_host, port=port)
         await self.http.start()
 
+    def _start_recorder(self) -> None:
+        """Copy dead letters into PostgreSQL (every worker with a database runs one)."""
+        transport = self.app.transport
+        if not self.database or not isinstance(transport, RedisTransport):
+            return
+        from tidings.dlq import DeadLetterRecorder
+
+        self.recorder = DeadLetterRecorder(transport.client, self.app.engine,
+                                           self.settings.namespace, consumer=self.consumer)
+        self._recording = asyncio.create_task(self.recorder.run(), name="dlq-recorder")
+
+    async def _stop_recorder(self) -> None:
+        if self.recorder is None or self._recording is None:
+            return
+        self.recorder.stop()
+        try:
+            await asyncio.wait_for(self._recording, self.settings.shutdown_timeout_s)
+        except TimeoutError:
+            log.warning("the dead-letter recorder did not stop in time; what it had not"
+                        " recorded is recorded by the next worker")
+
     async def _shutdown(self, heartbeat: asyncio.Task[None] | None) -> None:
         await asyncio.shield(asyncio.gather(*(owner.stop() for owner in self.owners)))
+        await self._stop_recorder()
         if heartbeat is not None:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)

@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from breaker_behaviour import CONFIG, BreakerBehaviour, Connect, FakeClock, open_breaker
+from tidings import keys
 from tidings.sinks.breaker import (
     BreakerConfig,
     BreakerState,
     MemoryBreakerStore,
     RedisBreakerStore,
-    breaker_key,
 )
 
 pytestmark = [pytest.mark.redis]
@@ -44,7 +44,7 @@ class TestBreakerOnRedis(BreakerBehaviour):
 async def test_a_breaker_is_one_expiring_hash_under_its_own_hash_tag(
         redis: Redis, namespace: str) -> None:
     await open_breaker(RedisBreakerStore(redis, namespace))
-    key = breaker_key(namespace, "twilio-a")
+    key = keys.breaker(namespace, "twilio-a")
     assert await redis.type(key) == b"hash"
     assert await redis.pttl(key) > 0
 
@@ -106,4 +106,4 @@ async def _agree(redis_url: str, config: BreakerConfig, ops: list[tuple[str, obj
                         await memory.record("p", config, bool(first), trial=second))
                 assert await redis.state("p") == await memory.state("p")
         finally:
-            await client.delete(breaker_key(namespace, "p"))
+            await client.delete(keys.breaker(namespace, "p"))

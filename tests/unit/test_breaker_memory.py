@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from breaker_behaviour import CONFIG, BreakerBehaviour, Connect, FakeClock, open_breaker
+from tidings import keys
 from tidings.errors import ConfigurationError
 from tidings.notification import Channel, Content, parse_notification
 from tidings.sinks.base import PERMANENT, TRANSIENT, Delivery, Failure, SendResult, Stopwatch
@@ -16,7 +17,6 @@ from tidings.sinks.breaker import (
     MemoryBreakerStore,
     Permit,
     Transition,
-    breaker_key,
 )
 from tidings.sinks.failover import CircuitBreakers, FailoverProvider, provider_at_fault
 
@@ -61,7 +61,7 @@ def test_a_bad_setting_is_a_configuration_error_naming_it(
 
 
 def test_each_breaker_key_carries_its_own_hash_tag() -> None:
-    assert breaker_key("tidings", "twilio-a") == "tidings:breaker:{twilio-a}"
+    assert keys.breaker("tidings", "twilio-a") == "tidings:breaker:{twilio-a}"
 
 
 # -- which failures count against a provider -------------------------------------------------

@@ -20,6 +20,7 @@ from tidings.agent import AgentStats
 from tidings.message import Priority
 from tidings.observability.metrics import AgentCounts, PoolUsage, Snapshot, SnapshotCollector
 from tidings.observability.queues import Lane, LaneGroup, PartitionState, QueueSnapshot, TopicState
+from tidings.sinks.breaker import BreakerState
 
 OPS = Path(__file__).resolve().parents[2] / "ops"
 RULES = OPS / "prometheus" / "alerts.yml"
@@ -43,6 +44,7 @@ def exported_names() -> set[str]:
         agents=(AgentCounts("t", "a", AgentStats(), 1),), queues=queues, redis_up=True,
         live={("t", "g"): 1}, database_up=True,
         pools=(PoolUsage("redis", "main", 0, 0, 1), PoolUsage("database", "main", 0, 0, 1)),
+        breakers={"twilio": BreakerState.OPEN},
     )
     return {sample.name for family in collector.collect() for sample in family.samples}
 
@@ -68,7 +70,7 @@ def test_the_issue_s_alerts_that_tidings_has_metrics_for_are_there() -> None:
     alerts = {rule["alert"] for rule in rules() if "alert" in rule}
 
     assert {"TidingsBacklogGrowing", "TidingsOldestPendingTooOld", "TidingsDeadLettersGrowing",
-            "TidingsNoHeartbeats", "TidingsErrorRateHigh"} <= alerts
+            "TidingsNoHeartbeats", "TidingsErrorRateHigh", "TidingsBreakerOpen"} <= alerts
 
 
 def test_the_rules_use_only_metrics_tidings_exports() -> None:

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from tidings.agent import AgentStats
+from tidings.sinks.breaker import BreakerState, RedisBreakerStore
 from tidings.observability.queues import QueueSnapshot, read_queues
 from tidings.observability.sources import Sources
 from tidings.tables import consumers
@@ -85,6 +86,8 @@ class Snapshot:
     """Live consumer instances per (topic, group); None without a reachable database."""
     database_up: bool | None = None
     pools: tuple[PoolUsage, ...] = ()
+    breakers: Mapping[str, BreakerState] | None = None
+    """Every provider breaker's state (shared in Redis); None if Redis could not be read."""
     duration_s: float = 0.0
 
 
@@ -92,10 +95,12 @@ async def take_snapshot(sources: Sources) -> Snapshot:
     """Read every source at once; one that fails or is too slow is reported as down."""
     started = time.perf_counter()
     timeout = sources.check_timeout_s
-    queues, live = await asyncio.gather(
+    breakers = RedisBreakerStore(sources.redis, sources.namespace)
+    queues, live, states = await asyncio.gather(
         _guarded("Redis", read_queues(sources.redis, sources.namespace), timeout),
         _guarded("PostgreSQL", _live_consumers(sources.engine, sources.heartbeat_window_s),
                  timeout) if sources.engine is not None else _none(),
+        _guarded("circuit breakers", breakers.states(), timeout),
     )
     return Snapshot(
         agents=_agent_counts(sources),
@@ -104,6 +109,7 @@ async def take_snapshot(sources: Sources) -> Snapshot:
         live=live,
         database_up=None if sources.engine is None else live is not None,
         pools=_pool_usage(sources),
+        breakers=states,
         duration_s=time.perf_counter() - started,
     )
 
@@ -171,7 +177,21 @@ class SnapshotCollector:
         yield from _agent_families(snapshot.agents)
         if snapshot.queues is not None:
             yield from _queue_families(snapshot.queues)
+        if snapshot.breakers is not None:
+            yield _breaker_family(snapshot.breakers)
         yield from _health_families(snapshot)
+
+
+def _breaker_family(states: Mapping[str, BreakerState]) -> Metric:
+    family = GaugeMetricFamily(
+        "tidings_breaker_state",
+        "1 for the state each provider's circuit breaker is in (closed, half_open, open).",
+        labels=["provider", "state"],
+    )
+    for provider, current in states.items():
+        for state in BreakerState:
+            family.add_metric([provider, state.value], 1 if state is current else 0)
+    return family
 
 
 def _agent_families(agents: tuple[AgentCounts, ...]) -> Iterator[Metric]:

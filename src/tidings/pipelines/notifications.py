@@ -40,8 +40,16 @@ from tidings.pipelines.templates import Renderer, TemplateError, TemplateStore
 from tidings.retry import RetryPolicy
 from tidings.scheduling.store import Schedules
 from tidings.sinks.base import Provider
+from tidings.sinks.breaker import (
+    BreakerConfig,
+    BreakerStore,
+    MemoryBreakerStore,
+    RedisBreakerStore,
+)
+from tidings.sinks.failover import CircuitBreakers
 from tidings.sinks.providers import build_providers
 from tidings.sinks.settings import ProviderSettings
+from tidings.streams import RedisTransport
 from tidings.topic import Topic
 
 log = logging.getLogger("tidings.notifications")
@@ -105,9 +113,15 @@ class Tally:
 
 
 async def providers_from_env(app: App) -> dict[Channel, Provider]:
-    """Providers for every channel configured by TIDINGS_SMTP_* / _TWILIO_* / _FCM_* / ..."""
+    """Providers for every channel configured by TIDINGS_SMTP_* / _TWILIO_* / _FCM_* / ...,
+    behind circuit breakers kept in Redis (shared by every worker process)."""
+    settings = ProviderSettings.from_env()
+    transport = app.transport
+    store: BreakerStore = (RedisBreakerStore(transport.client, app.namespace)
+                           if isinstance(transport, RedisTransport) else MemoryBreakerStore())
+    breakers = CircuitBreakers(store, default=BreakerConfig.from_config(settings.breaker))
     client = httpx.AsyncClient(limits=httpx.Limits(max_connections=8))
-    providers = build_providers(ProviderSettings.from_env(), client)
+    providers = build_providers(settings, client, breakers=breakers)
     app.on_stop(lambda _: client.aclose())
     return providers
 

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
+from tidings import keys
 from tidings.errors import ConfigurationError
 
 
@@ -113,11 +114,6 @@ class BreakerStore(Protocol):
     async def state(self, name: str) -> BreakerState:
         """The state a call would find now (an open breaker past its time reads half-open)."""
         ...
-
-
-def breaker_key(namespace: str, name: str) -> str:
-    """The Redis hash of one provider's breaker (its own hash tag: one slot per breaker)."""
-    return f"{namespace}:breaker:{{{name}}}"
 
 
 # A trial call usually answers within a second: ask again then rather than after open_s.
@@ -240,7 +236,9 @@ class RedisBreakerStore:
     def __init__(self, client: Redis, namespace: str, *,
                  clock: Callable[[], float] | None = None) -> None:
         self.namespace = namespace
+        self._client = client
         self._clock = clock
+        self._registered: set[str] = set()
         self._allow = client.register_script(_ALLOW)
         self._record = client.register_script(_RECORD)
         self._state = client.register_script(_STATE)
@@ -254,15 +252,24 @@ class RedisBreakerStore:
                 _ttl_ms(config)]
 
     async def allow(self, name: str, config: BreakerConfig) -> Permit:
+        if name not in self._registered:  # once per process: lets metrics find every breaker
+            await self._client.sadd(keys.breaker_registry(self.namespace), name)
+            self._registered.add(name)
         state, allowed, wait_ms, trial, old = await self._allow(
-            keys=[breaker_key(self.namespace, name)], args=self._args(config))
+            keys=[keys.breaker(self.namespace, name)], args=self._args(config))
         new = BreakerState(_text(state))
         change = Transition(name, BreakerState(_text(old)), new) if _text(old) else None
         return Permit(new, bool(allowed), wait_ms / 1000, bool(trial), change)
 
+    async def states(self) -> dict[str, BreakerState]:
+        """Every registered breaker's state as a call would find it now."""
+        raw = await self._client.smembers(keys.breaker_registry(self.namespace))
+        names = sorted(_text(name) for name in raw)
+        return {name: await self.state(name) for name in names}
+
     async def record(self, name: str, config: BreakerConfig, ok: bool, *,
                      trial: bool = False) -> Transition | None:
-        reply = await self._record(keys=[breaker_key(self.namespace, name)],
+        reply = await self._record(keys=[keys.breaker(self.namespace, name)],
                                    args=[*self._args(config), int(ok), int(trial)])
         if reply is None:
             return None
@@ -271,7 +278,7 @@ class RedisBreakerStore:
                           int(calls), int(failures))
 
     async def state(self, name: str) -> BreakerState:
-        reply = await self._state(keys=[breaker_key(self.namespace, name)], args=[self._now()])
+        reply = await self._state(keys=[keys.breaker(self.namespace, name)], args=[self._now()])
         return BreakerState(_text(reply))
 
 

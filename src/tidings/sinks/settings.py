@@ -45,7 +45,17 @@ class ProviderSettings(BaseSettings):
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
 
+    # a second SMS account to fail over to while the first one's breaker is open
+    twilio_failover_base_url: str | None = Field(None, description="Default: twilio_base_url")
+    twilio_failover_account_sid: str | None = None
+    twilio_failover_auth_token: SecretStr | None = None
+    twilio_failover_from: str | None = Field(None, description="Default: twilio_from")
+
     http_timeout: float = Field(10.0, gt=0, description="Seconds per HTTP provider request")
+    breaker: dict[str, float] = Field(
+        default_factory=dict,
+        description='Circuit breaker settings as JSON, e.g. {"open_s": 30, "min_calls": 20}',
+    )
 
     @classmethod
     def from_env(cls, **overrides: object) -> ProviderSettings:

@@ -1,0 +1,140 @@
+"""One dead-stream entry turned into a ``dead_letters`` row, with its error fingerprint.
+
+Any bytes must turn into a row: an entry dead-lettered as undecodable may carry garbage, and a
+row that cannot be written would block its stream's recording for good.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from tidings.errors import PayloadError
+from tidings.message import ERRORS_HEADER, HEADER_FIELD, PAYLOAD_FIELD, Envelope
+from tidings.tables.dead_letters import DEAD_KINDS
+
+# Set on a replayed message: the id of its audit row in dead_letter_replays.
+REPLAY_HEADER = "tidings.replay"
+
+# Order matters: a uuid or an e-mail holds hex runs and numbers of its own.
+_PLACEHOLDERS = (
+    (re.compile(r"\b[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}\b", re.I), "<uuid>"),
+    (re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), "<email>"),
+    (re.compile(r"\b0x[0-9a-f]+\b|\b(?=[0-9a-f]*\d)[0-9a-f]{8,}\b", re.I), "<hex>"),
+    (re.compile(r"\d+(?:\.\d+)?"), "<n>"),
+)
+
+
+def normalise(message: str) -> str:
+    """The error message with its variable parts (ids, numbers, addresses) as placeholders."""
+    for pattern, placeholder in _PLACEHOLDERS:
+        message = pattern.sub(placeholder, message)
+    return " ".join(message.split())[:500]
+
+
+def fingerprint(topic: str, group: str, kind: str, error_type: str | None, message: str) -> str:
+    """Equal for failures that differ only in ids and numbers, so they group together."""
+    parts = (topic, group, kind, error_type or "", normalise(message))
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+def clean(value: Any) -> Any:
+    """JSON-able data PostgreSQL accepts: text and jsonb refuse the NUL character."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {clean(str(k)): clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    return value
+
+
+def _text(fields: dict[bytes, bytes], name: bytes) -> str | None:
+    raw = fields.get(name)
+    return None if raw is None else clean(raw.decode("utf-8", "replace"))
+
+
+_INT_MAX = 2**31 - 1  # an integer column
+_MS_MAX = 253_402_300_799_000  # the end of year 9999, as far as a datetime goes
+
+
+def _int(fields: dict[bytes, bytes], name: bytes, default: int) -> int:
+    try:
+        return min(max(int(fields[name]), 1), _INT_MAX)
+    except (KeyError, ValueError):
+        return default
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(min(max(ms, 0), _MS_MAX) / 1000, UTC)
+
+
+def error_history(headers: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``tidings.errors`` header: a JSON list of {attempt, at_ms, type, message}."""
+    raw = headers.get(ERRORS_HEADER)
+    try:
+        items = orjson.loads(raw) if isinstance(raw, str | bytes) else []
+    except orjson.JSONDecodeError:
+        return []
+    if not isinstance(items, list):
+        return []
+    return [clean(i) for i in items if isinstance(i, dict) and isinstance(i.get("at_ms"), int)]
+
+
+def read_envelope(raw: bytes | None) -> Envelope | None:
+    if raw is None:
+        return None
+    try:
+        return Envelope.from_json(raw)
+    except PayloadError:
+        return None
+
+
+def row_of(
+    fields: dict[bytes, bytes], topic: str, partition: int, dead_stream: str, dead_id: str,
+    now_ms: int,
+) -> dict[str, Any]:
+    """The ``dead_letters`` row of one dead-stream entry (see the entry contract in consumer.py)."""
+    envelope = read_envelope(fields.get(HEADER_FIELD))
+    headers: dict[str, Any] = clean(envelope.headers) if envelope else {}
+    group = _text(fields, b"dead.group") or "?"
+    kind = _text(fields, b"dead.kind") or "invalid"
+    reason = _text(fields, b"dead.reason") or ""
+    if kind not in DEAD_KINDS:  # from a newer tidings: keep it, under a kind the table knows
+        reason = f"[{kind}] {reason}"
+        kind = "invalid"
+    error_type = _text(fields, b"dead.error_type")
+    dead_at = _int(fields, b"dead.at_ms", now_ms)
+    attempts = _int(fields, b"dead.attempts", envelope.attempt if envelope else 1)
+    # The header holds the failures that led to retries; the final one is the dead letter's.
+    errors = [*error_history(headers),
+              {"attempt": attempts, "at_ms": dead_at, "type": error_type, "message": reason}]
+    times = [e["at_ms"] for e in errors]
+    return {
+        "topic": topic,
+        "partition": partition,
+        "group_name": group,
+        "stream": _text(fields, b"dead.stream") or dead_stream,
+        "entry_id": _text(fields, b"dead.id") or dead_id,
+        "dead_stream": dead_stream,
+        "dead_entry_id": dead_id,
+        "message_id": clean(envelope.id) if envelope else None,
+        "key": clean(envelope.key) if envelope and envelope.key else None,
+        "priority": envelope.priority.value if envelope else None,
+        "kind": kind,
+        "error_type": error_type,
+        "error_message": reason,
+        "fingerprint": fingerprint(topic, group, kind, error_type, reason),
+        "attempts": min(max(attempts, 1), _INT_MAX),
+        "deliveries": _int(fields, b"dead.deliveries", 1),
+        "envelope": fields.get(HEADER_FIELD),
+        "payload": fields.get(PAYLOAD_FIELD),
+        "headers": headers,
+        "errors": errors,
+        "first_failed_at": _at(min(times)),
+        "last_failed_at": _at(max(times)),
+    }

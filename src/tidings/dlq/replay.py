@@ -1,0 +1,175 @@
+"""Replaying dead letters into the retry stream of the agent that gave up on them, once.
+
+One PostgreSQL transaction per letter marks it replayed, writes the audit row, resets its dead
+ledger rows and wraps the XADD; the XADD is keyed by (letter, replay number), so a replay
+retried after a failed commit finds its entry already added instead of adding a second one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy import select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tidings.dlq.edits import Edit, apply_edits
+from tidings.dlq.letters import REPLAY_HEADER, read_envelope
+from tidings.dlq.store import UnknownDeadLetter
+from tidings.errors import TidingsError
+from tidings.keys import PartitionKeys
+from tidings.message import DELAY_HEADER, LEDGER_HEADER, Envelope, encode, now_ms
+from tidings.streams import RedisTransport
+from tidings.tables.dead_letters import dead_letter_replays, dead_letters
+
+_D = dead_letters.c
+MARKER_TTL_MS = 30 * 86_400_000  # longer than any retry of one replay could take
+
+_RESET = text("""
+UPDATE deliveries SET state = 'failed', last_error = :why, updated_at = now()
+WHERE message_id = :message_id AND state = ANY(:states)
+""")
+
+
+class ReplayError(TidingsError):
+    """A dead letter that cannot be replayed as asked (already replayed, unreadable, …)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """What one replay did."""
+
+    dead_letter_id: int
+    audit_id: int
+    target_stream: str
+    new_entry_id: str | None
+    """None when an earlier, uncommitted attempt of this very replay had already added it."""
+    deliveries_reset: int
+    forced: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.dead_letter_id, "audit_id": self.audit_id, "stream": self.target_stream,
+            "entry_id": self.new_entry_id, "deliveries_reset": self.deliveries_reset,
+            "forced": self.forced,
+        }
+
+
+Progress = Callable[[int, "Replayed | TidingsError"], None]
+
+
+class Replayer:
+    """Replays dead letters of one schema into the retry streams of one Redis namespace."""
+
+    def __init__(self, engine: AsyncEngine, client: Redis, namespace: str, *, by: str) -> None:
+        self.engine = engine
+        self.transport = RedisTransport(client)
+        self.namespace = namespace
+        self.by = by
+
+    async def replay(
+        self, ids: Sequence[int], edits: Sequence[Edit] = (), *, force: bool = False,
+        rate: float | None = None, progress: Progress | None = None,
+    ) -> list[Replayed | TidingsError]:
+        """Replay each id in turn, at most ``rate`` a second; a refusal does not stop the rest."""
+        interval = 1 / rate if rate else 0.0
+        due = time.monotonic()
+        outcomes: list[Replayed | TidingsError] = []
+        for dead_letter_id in ids:
+            if interval:
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                due = max(due, time.monotonic() - interval) + interval
+            try:
+                outcome: Replayed | TidingsError = await self.replay_one(
+                    dead_letter_id, edits, force=force
+                )
+            except TidingsError as exc:
+                outcome = exc
+            outcomes.append(outcome)
+            if progress is not None:
+                progress(dead_letter_id, outcome)
+        return outcomes
+
+    async def replay_one(
+        self, dead_letter_id: int, edits: Sequence[Edit] = (), *, force: bool = False
+    ) -> Replayed:
+        """Replay one dead letter, with ``edits`` applied to its payload."""
+        async with self.engine.begin() as conn:
+            row = await _locked(conn, dead_letter_id)
+            envelope, payload, target = self._check(row, edits, force)
+            audit_id = int((await conn.execute(
+                insert(dead_letter_replays).values(
+                    dead_letter_id=dead_letter_id, message_id=envelope.id, replayed_by=self.by,
+                    edits={e.name: e.value for e in edits}, forced=force, target_stream=target,
+                ).returning(dead_letter_replays.c.id)
+            )).scalar_one())
+            ledger_id = envelope.headers.get(LEDGER_HEADER) or envelope.id
+            envelope.attempt = 1
+            envelope.enqueued_ms = now_ms()
+            # A fresh start: attempt 1 and no last delay, but the error history stays.
+            headers = {k: v for k, v in envelope.headers.items() if k != DELAY_HEADER}
+            envelope.headers = {**headers, REPLAY_HEADER: str(audit_id)}
+            states = ["dead", "sent", "sending"] if force else ["dead"]
+            reset = await conn.execute(_RESET, {
+                "why": f"replayed from dead letter {dead_letter_id} by {self.by}",
+                "message_id": ledger_id, "states": states,
+            })
+            await conn.execute(
+                update(dead_letters).where(_D.id == dead_letter_id)
+                .values(state="replayed", replays=_D.replays + 1, replayed_at=text("now()"))
+            )
+            keys = PartitionKeys(self.namespace, row.topic, row.partition)
+            marker = f"{keys.tag}:replay:{dead_letter_id}:{row.replays}"
+            fields = encode(envelope, payload if payload is not None else b"null")
+            [added] = await self.transport.add_once([(marker, target, fields)], MARKER_TTL_MS)
+            new_entry_id = added.decode() if added is not None else None
+            await conn.execute(
+                update(dead_letter_replays).where(dead_letter_replays.c.id == audit_id)
+                .values(new_entry_id=new_entry_id)
+            )
+        return Replayed(dead_letter_id, audit_id, target, new_entry_id,
+                        int(reset.rowcount), force)
+
+    async def preview(
+        self, dead_letter_id: int, edits: Sequence[Edit] = (), *, force: bool = False
+    ) -> dict[str, Any]:
+        """What :meth:`replay_one` would do, without doing it; raises what it would raise."""
+        async with self.engine.connect() as conn:
+            row = await _locked(conn, dead_letter_id, lock=False)
+        envelope, _, target = self._check(row, edits, force)
+        return {"id": dead_letter_id, "topic": row.topic, "group": row.group_name,
+                "message_id": envelope.id, "stream": target, "state": row.state,
+                "edits": {e.name: e.value for e in edits}}
+
+    def _check(
+        self, row: Any, edits: Sequence[Edit], force: bool
+    ) -> tuple[Envelope, bytes | None, str]:
+        if row.state == "replayed" and not force:
+            raise ReplayError(
+                f"dead letter {row.id} was already replayed ({row.replays} time(s), last at"
+                f" {row.replayed_at:%Y-%m-%d %H:%M:%S %Z}); add --force to replay it again"
+            )
+        envelope = read_envelope(row.envelope)
+        if envelope is None:
+            raise ReplayError(
+                f"dead letter {row.id} has no readable envelope ({row.kind}: "
+                f"{row.error_message}); it cannot be replayed, only inspected or purged"
+            )
+        payload = apply_edits(row.payload, edits)
+        target = PartitionKeys(self.namespace, row.topic, row.partition).retry(row.group_name)
+        return envelope, payload, target
+
+
+async def _locked(conn: AsyncConnection, dead_letter_id: int, *, lock: bool = True) -> Any:
+    query = select(dead_letters).where(_D.id == dead_letter_id)
+    row = (await conn.execute(query.with_for_update() if lock else query)).first()
+    if row is None:
+        raise UnknownDeadLetter(
+            f"no dead letter {dead_letter_id}: see `tidings dlq list` for the ids"
+        )
+    return row
