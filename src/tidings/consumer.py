@@ -405,14 +405,20 @@ class PartitionConsumer:
         return moved
 
     async def reclaim(self) -> int:
-        """Take over entries left pending too long (a crashed or stuck consumer) and run them."""
+        """Take over entries left pending too long (a crashed or stuck consumer) and run them.
+
+        One at a time, each acked before the next is claimed: a claim counts a delivery, and
+        the entry that crashed its consumer must not make its batch-mates look like poison
+        too. Only orphans are pending here (this reader acks before it reclaims), so the
+        one-by-one scan is short.
+        """
         total = 0
         for lane in self.lanes:
             start = b"0-0"
             while not self.stopping:
                 claimed = await self.transport.claim(
                     lane, self.agent.group, self.consumer, self.settings.claim_idle_ms,
-                    start, self.settings.batch_size,
+                    start, 1,
                 )
                 if claimed.deleted:
                     self.agent.stats.deleted += len(claimed.deleted)

@@ -1,8 +1,10 @@
-"""What `tidings demo` publishes: templates, recipients, their preferences and notifications.
+"""What `tidings demo` publishes — templates, recipients, their preferences and notifications —
+and the faults its local providers inject.
 
-Deterministic for a seed. Most traffic goes to the cheap HTTP channels (webhook, push, SMS);
-e-mail (SMTP with STARTTLS, the slowest provider) gets a small share, so 10 000 notifications
-finish in about a minute on two cores.
+Deterministic for a seed (which requests a fault hits is not: that depends on timing). Most
+traffic goes to the cheap HTTP channels (webhook, push, SMS); e-mail (SMTP with STARTTLS, the
+slowest provider) gets a small share, so 10 000 notifications finish in about a minute on two
+cores.
 """
 
 from __future__ import annotations
@@ -13,11 +15,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from tidings.capture.http import Endpoint, Fault, HttpCapture
 from tidings.notification import Channel, Notification, Recipient
 from tidings.pipelines.preferences import Preferences, QuietHours
 from tidings.pipelines.routing import Rule
+from tidings.retry import RetryPolicy
 
 INVALID_PHONE = "+15005550001"  # Twilio's magic 'not a valid phone number'
+# The demo's own retry policy, for every notification type: fast, so that a run takes seconds
+# (the seeded queues back off from 1 s and try 8 times).
+RETRY = RetryPolicy("exponential", base=0.05, factor=2.0, max_delay=0.2, max_attempts=4)
+# The providers' HTTP read timeout in the demo; an injected delay longer than it is a timeout.
+READ_TIMEOUT_S = 1.0
 ZONES = ("Europe/Lisbon", "Europe/Berlin", "America/New_York", "America/Sao_Paulo",
          "Asia/Tokyo", "Australia/Sydney", "UTC")
 # pt-BR falls back to pt, es-MX and ja to the default locale (en): no template of theirs.
@@ -96,10 +105,12 @@ def population(users: int, now: datetime, seed: int = 0) -> Population:
     for i in range(users):
         user = f"user-{i:05d}"
         zone = ZONES[i % len(ZONES)]
-        phone = INVALID_PHONE if i % 97 == 5 else (
+        # Permanent failures on purpose: an invalid number (Twilio 21211) for one user in 29,
+        # an unregistered device token (FCM UNREGISTERED) for one in 31.
+        phone = INVALID_PHONE if i % 29 == 5 else (
             None if i % 11 == 7 else f"+1415{rng.randrange(10**6, 10**7)}")
         tokens = () if i % 4 == 3 else (
-            (f"invalid-{i}",) if i % 89 == 4 else (f"tok-{i}-{rng.randrange(10**9)}",))
+            (f"invalid-{i}",) if i % 31 == 4 else (f"tok-{i}-{rng.randrange(10**9)}",))
         recipients.append(Recipient(
             user_id=user, email=f"{user}@example.com", phone=phone, device_tokens=tokens,
             timezone=zone, locale=LOCALES[rng.randrange(len(LOCALES))],
@@ -174,3 +185,38 @@ def _priority(draw: float) -> str:
         if draw < 0:
             return name
     return "normal"
+
+
+@dataclass(frozen=True)
+class InjectedFault:
+    """One kind of misbehaviour asked of a capture endpoint, and how often it happened."""
+
+    endpoint: Endpoint
+    what: str
+    rule: Fault
+    planned: int
+
+    @property
+    def fired(self) -> int:
+        return self.planned - (self.rule.times or 0)
+
+
+def inject_faults(http: HttpCapture, count: int) -> list[InjectedFault]:
+    """Transient faults, spread over the run, that a later attempt gets past: 503 / 429 / 502
+    replies, garbage 200 replies and SMS replies slower than the read timeout. (The permanent
+    ones are in the data: invalid numbers, unregistered device tokens.)"""
+    n = max(2, count // 100)
+    plan: list[tuple[Endpoint, str, dict[str, Any]]] = [
+        ("push", "HTTP 503 UNAVAILABLE", {"status": 503, "times": n, "rate": 0.1}),
+        ("sms", "HTTP 429 Too Many Requests", {"status": 429, "times": n, "rate": 0.1}),
+        ("webhook", "HTTP 502", {"status": 502, "times": n, "rate": 0.05}),
+        ("sms", "HTTP 200 with an HTML body", {
+            "status": 200, "body": b"<html>upstream proxy error</html>", "times": n // 2 or 1,
+            "rate": 0.05}),
+        ("push", "HTTP 200 with a body that is not JSON", {
+            "status": 200, "body": b"not json at all", "times": n // 2 or 1, "rate": 0.05}),
+        ("sms", f"no reply within {READ_TIMEOUT_S:g} s", {
+            "status": None, "latency_s": READ_TIMEOUT_S + 0.5, "times": 2, "rate": 0.05}),
+    ]
+    return [InjectedFault(endpoint, what, http.fault(endpoint, **options), options["times"])
+            for endpoint, what, options in plan]

@@ -18,11 +18,16 @@ from sqlalchemy import text
 from tidings import Settings
 from tidings.capture import LocalProviders
 from tidings.connections import connect_redis
+from tidings.dlq import DeadLetterRecorder
+from tidings.dlq.edits import parse_edit
+from tidings.dlq.replay import Replayer, ReplayError
+from tidings.dlq.store import DeadLetters, Selection
 from tidings.message import Envelope, Message, Priority
 from tidings.notification import Notification, parse_notification
 from tidings.pipelines import Item
 from tidings.pipelines.notifications import Dispatch, NotificationPipeline, build
 from tidings.pipelines.preferences import Preferences, QuietHours
+from tidings.retry import RetryPolicies, RetryPolicy
 from tidings.sinks import build_providers
 from tidings.streams import RedisTransport
 from tidings.testing import Harness, running
@@ -44,6 +49,25 @@ class World:
                 text("SELECT channel, recipient, state, last_error FROM deliveries"
                      " WHERE message_id = :id ORDER BY channel, recipient"), {"id": message_id})
             return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    async def dead_letters(self, topic: str) -> list[dict[bytes, bytes]]:
+        """Every entry of ``topic``'s dead-letter streams."""
+        app = self.pipeline.app
+        found = app.get_topic(topic)
+        transport = app.transport
+        assert isinstance(transport, RedisTransport)
+        entries = []
+        for partition in range(found.partitions):
+            entries += [f for _, f in await transport.client.xrange(found.keys(partition).dead)]
+        return entries
+
+    async def attempts(self, message_id: str) -> dict[tuple[str, str], tuple[str, int]]:
+        """(channel, recipient) -> (state, attempts) of a message's deliveries."""
+        async with self.pipeline.app.engine.connect() as conn:
+            rows = await conn.execute(text(
+                "SELECT channel, recipient, state, attempts FROM deliveries"
+                " WHERE message_id = :id"), {"id": message_id})
+            return {(r.channel, r.recipient): (r.state, r.attempts) for r in rows}
 
     async def settle(self, message_id: str, expected_rows: int, within: float = 10.0) -> list[
         tuple[str, str, str, str | None]
@@ -72,6 +96,7 @@ async def world(
             return build_providers(local.settings, client, tls_context=local.client_tls)
 
         pipeline = build("e2e", providers=providers)
+        pipeline.app.retry_policies = RetryPolicies(default=QUICK, by_type={"**": QUICK})
         redis = await connect_redis(redis_url, settings)
         blocking = await connect_redis(redis_url, settings)
         try:
@@ -94,6 +119,10 @@ async def _drop(settings: Settings, redis_url: str, namespace: str, schema: str)
     async with engine.begin() as conn:
         await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     await engine.dispose()
+
+
+# Quick retries: 50 ms apart, three attempts in all.
+QUICK = RetryPolicy(strategy="fixed", base=0.05, max_attempts=3)
 
 
 def notification(**changes: Any) -> Notification:
@@ -181,15 +210,19 @@ async def test_quiet_hours_delay_a_notification_but_not_a_critical_one(world: Wo
     assert held == 1
 
 
-async def test_a_template_that_fails_to_render_is_a_recorded_failure(world: World) -> None:
+async def test_a_template_that_fails_to_render_is_a_dead_leg_and_a_dead_letter(
+    world: World,
+) -> None:
     store = world.pipeline.services.templates
     await store.put("broken", "sms", "en", body="Hello {{ missing.name }}")
     msg_id = await world.pipeline.publish(notification(
         channels=["sms"], content=None, template="broken", data={},
     ))
     rows = await world.settle(msg_id, 1)
-    assert [(c, s) for c, _, s, _ in rows] == [("sms", "failed")]
+    assert [(c, s) for c, _, s, _ in rows] == [("sms", "dead")]
     assert "broken" in (rows[0][3] or "")
+    [dead] = await world.dead_letters("notifications")
+    assert dead[b"dead.kind"] == b"permanent"
 
 
 async def test_auto_channels_fall_back_from_an_invalid_push_token_to_sms(world: World) -> None:
@@ -201,7 +234,7 @@ async def test_auto_channels_fall_back_from_an_invalid_push_token_to_sms(world: 
                                     "device_tokens": ["invalid-token"]},
     ))
     rows = await world.settle(msg_id, 2)
-    assert [(c, s) for c, _, s, _ in rows] == [("push", "failed"), ("sms", "sent")]
+    assert [(c, s) for c, _, s, _ in rows] == [("push", "dead"), ("sms", "sent")]
     assert len(world.local.http.sms) == 1
 
 
@@ -227,3 +260,70 @@ async def test_a_redelivered_dispatch_does_not_send_a_leg_the_ledger_has_as_sent
     await world.pipeline.deliver([Item(again, dispatch, None, Priority.NORMAL)])
     assert len(world.local.http.sms) == 1
     assert world.pipeline.tally.outcomes[("sms", "already_sent")] == 1
+
+
+# -- failures: retries, dead letters, replay -----------------------------------------------
+
+
+async def test_a_transient_provider_failure_is_retried_and_then_sent(world: World) -> None:
+    world.local.http.fault("sms", status=503, times=1)
+    msg_id = await world.pipeline.publish(notification(channels=["sms"]))
+    await world.harness.drain()
+    assert await world.attempts(msg_id) == {("sms", "+14155550123"): ("sent", 2)}
+    assert len(world.local.http.sms) == 1
+    assert await world.dead_letters("notifications.sms") == []
+
+
+async def test_a_provider_failing_every_attempt_ends_in_the_dead_letters_as_exhausted(
+    world: World,
+) -> None:
+    world.local.http.fault("sms", status=503, times=None)
+    msg_id = await world.pipeline.publish(notification(channels=["sms"]))
+    await world.harness.drain()
+    assert await world.attempts(msg_id) == {("sms", "+14155550123"): ("dead", 3)}
+    [dead] = await world.dead_letters("notifications.sms")
+    assert dead[b"dead.kind"] == b"exhausted"
+    assert dead[b"dead.attempts"] == b"3"
+
+
+async def test_a_permanent_provider_failure_goes_straight_to_the_dead_letters(
+    world: World,
+) -> None:
+    bad = {"user_id": "u-9", "phone": "+15005550001"}  # Twilio's "not a valid number"
+    msg_id = await world.pipeline.publish(notification(channels=["sms"], recipient=bad))
+    await world.harness.drain()
+    assert await world.attempts(msg_id) == {("sms", "+15005550001"): ("dead", 1)}
+    [dead] = await world.dead_letters("notifications.sms")
+    assert dead[b"dead.kind"] == b"permanent"
+    assert b"21211" in dead[b"dead.reason"] or b"not a valid" in dead[b"dead.reason"]
+    assert world.local.http.counts.by_status == {400: 1}, "a permanent failure is not retried"
+
+
+async def test_a_replayed_dead_letter_with_an_edited_number_is_delivered_once(
+    world: World,
+) -> None:
+    app = world.pipeline.app
+    bad = {"user_id": "u-9", "phone": "+15005550001"}
+    msg_id = await world.pipeline.publish(notification(channels=["sms"], recipient=bad))
+    await world.harness.drain()
+    transport = app.transport
+    assert isinstance(transport, RedisTransport)
+    recorder = DeadLetterRecorder(transport.client, app.engine, app.namespace, consumer="t")
+    assert await recorder.record_once() == 1
+    [letter] = await DeadLetters(app.engine).find(Selection(), 10)
+    replayer = Replayer(app.engine, transport.client, app.namespace, by="ops@example.com")
+    fix = parse_edit('notification.recipient.phone="+14155550199"')
+
+    await replayer.replay_one(letter["id"], [fix])
+    await world.harness.drain()
+    with pytest.raises(ReplayError):
+        await replayer.replay_one(letter["id"], [fix])
+    await world.harness.drain()
+
+    assert [s.to for s in world.local.http.sms] == ["+14155550199"]
+    legs = await world.attempts(msg_id)
+    assert legs[("sms", "+14155550199")] == ("sent", 1)
+    shown = await DeadLetters(app.engine).show(letter["id"])
+    [audit] = shown["replay_history"]
+    assert audit["replayed_by"] == "ops@example.com"
+    assert audit["edits"] == {"notification.recipient.phone": "+14155550199"}

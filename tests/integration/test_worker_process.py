@@ -7,117 +7,39 @@ each. Workers run `tests.pipelines.counting:app`, which records "N:PID" per hand
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 import pytest
 from redis import Redis
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.exc import ProgrammingError
 
+from processes import (
+    HOST,
+    PARTITIONS,
+    SHUTDOWN_TIMEOUT_S,
+    Servers,
+    WorkerProcess,
+    drop_schema,
+    wait_until,
+)
 from tidings import App, Settings
-from tidings.database import create_engine, quote_ident
+from tidings.database import create_engine
 from tidings.keys import PartitionKeys
 from tidings.tables.consumers import consumer_groups, consumer_instances
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-TIDINGS = Path(sys.executable).parent / "tidings"
 APP_PATH = "tests.pipelines.counting:app"
 TOPIC = "counting.jobs"
 AGENT = "counting.record"
-PARTITIONS = 2
-SHUTDOWN_TIMEOUT_S = 8.0
-HOST = socket.gethostname()
-
-
-@dataclass
-class Servers:
-    redis_url: str
-    database_url: str
-    namespace: str
-    schema: str
-    home: Path
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
-        env.update(
-            PYTHONUNBUFFERED="1",
-            TIDINGS_REDIS_URL=self.redis_url,
-            TIDINGS_DATABASE_URL=self.database_url,
-            TIDINGS_NAMESPACE=self.namespace,
-            TIDINGS_DATABASE_SCHEMA=self.schema,
-            TIDINGS_HOME=str(self.home),
-            TIDINGS_PARTITIONS=str(PARTITIONS),
-            TIDINGS_BATCH_SIZE="10",
-            TIDINGS_BLOCK_MS="100",
-            TIDINGS_CLAIM_IDLE_MS="500",
-            TIDINGS_LEASE_TTL_MS="1000",
-            TIDINGS_HEARTBEAT_INTERVAL_S="0.5",
-            TIDINGS_SHUTDOWN_TIMEOUT_S=str(SHUTDOWN_TIMEOUT_S),
-        )
-        env.update(extra)
-        return env
-
-
-class WorkerProcess:
-    """One `tidings worker` subprocess; its output goes to a log file shown when a test fails."""
-
-    def __init__(self, servers: Servers, name: str, **env: str) -> None:
-        self.name = name
-        self.log_path = servers.home / f"{name}.log"
-        self._log: IO[bytes] = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [str(TIDINGS), "worker", APP_PATH, "--name", name],
-            cwd=REPO, env=servers.env(**env), stdout=self._log, stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def consumer(self) -> str:
-        return f"{self.name}-{HOST}-{self.pid}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        self.process.send_signal(sig)
-
-    def wait(self, timeout: float) -> int:
-        return self.process.wait(timeout)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self._log.close()
-
-
-def wait_until(condition: Callable[[], bool], within: float, *workers: WorkerProcess) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        for worker in workers:
-            if worker.process.poll() is not None:
-                raise AssertionError(f"worker {worker.name} exited early:\n{worker.log()}")
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {w.name}\n{w.log()}" for w in workers)
-            raise AssertionError(f"not done after {within}s\n{logs}")
-        time.sleep(0.05)
 
 
 # -- Redis and PostgreSQL as the tests see them ---------------------------------------------
@@ -193,17 +115,6 @@ def instances(servers: Servers) -> list[dict[str, Any]]:
     return asyncio.run(_instances(servers))
 
 
-async def _drop_schema(servers: Servers) -> None:
-    engine = create_engine(
-        servers.database_url, schema=servers.schema, pool_size=1, connect_timeout=5
-    )
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(servers.schema)} CASCADE"))
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture(scope="class")
 def servers(
     redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
@@ -218,7 +129,7 @@ def servers(
         doomed = list(redis.scan_iter(match=f"{found.namespace}*", count=1000))
         if doomed:
             redis.delete(*doomed)
-    asyncio.run(_drop_schema(found))
+    asyncio.run(drop_schema(found))
 
 
 @pytest.fixture(scope="class")
@@ -248,14 +159,14 @@ class TestAWorkerKilledMidBatch:
     def crash(cls, servers: Servers, redis: Redis) -> Crash:
         ns = servers.namespace
         publish(servers, cls.JOBS)
-        victim = WorkerProcess(servers, "victim", COUNTING_DELAY_S="0.02")
+        victim = WorkerProcess(servers, APP_PATH, "victim", COUNTING_DELAY_S="0.02")
         rescuer: WorkerProcess | None = None
         try:
             wait_until(lambda: len(processed(redis, ns)) >= 20, 60, victim)
             victim.stop(signal.SIGKILL)
             victim.wait(10)
             left = pending_jobs(redis, ns, victim.consumer)
-            rescuer = WorkerProcess(servers, "rescuer")
+            rescuer = WorkerProcess(servers, APP_PATH, "rescuer")
             wait_until(
                 lambda: {n for n, _ in processed(redis, ns)} == set(range(cls.JOBS))
                 and pending(redis, ns) == 0,
@@ -307,7 +218,7 @@ class TestAWorkerStoppedWithSigterm:
     def stop(cls, servers: Servers, redis: Redis) -> Stop:
         ns = servers.namespace
         publish(servers, cls.JOBS)
-        first = WorkerProcess(servers, "first", COUNTING_DELAY_S="0.05")
+        first = WorkerProcess(servers, APP_PATH, "first", COUNTING_DELAY_S="0.05")
         second: WorkerProcess | None = None
         try:
             wait_until(lambda: len(processed(redis, ns)) >= 5, 60, first)
@@ -317,7 +228,7 @@ class TestAWorkerStoppedWithSigterm:
             seconds = time.monotonic() - started
             pending_after_stop = pending(redis, ns)
             handled_before = len(processed(redis, ns))
-            second = WorkerProcess(servers, "second")
+            second = WorkerProcess(servers, APP_PATH, "second")
             wait_until(
                 lambda: {n for n, _ in processed(redis, ns)} == set(range(cls.JOBS))
                 and pending(redis, ns) == 0,
@@ -378,7 +289,7 @@ class TestAWorkerWhoseWorkOutlastsTheShutdownDeadline:
     def deadline(cls, servers: Servers, redis: Redis) -> Deadline:
         ns = servers.namespace
         publish(servers, cls.JOBS)
-        slow = WorkerProcess(servers, "slow", COUNTING_DELAY_S="1.0",
+        slow = WorkerProcess(servers, APP_PATH, "slow", COUNTING_DELAY_S="1.0",
                              TIDINGS_SHUTDOWN_TIMEOUT_S=str(cls.DEADLINE_S))
         # Too patient to reclaim anything itself in this test's time: it can only finish the
         # slow worker's batch if that batch was handed back at once.
@@ -390,7 +301,7 @@ class TestAWorkerWhoseWorkOutlastsTheShutdownDeadline:
             exit_code = slow.wait(cls.DEADLINE_S + 20)
             seconds = time.monotonic() - started
             handed_back = pending(redis, ns)
-            patient = WorkerProcess(servers, "patient", TIDINGS_CLAIM_IDLE_MS="600000")
+            patient = WorkerProcess(servers, APP_PATH, "patient", TIDINGS_CLAIM_IDLE_MS="600000")
             wait_until(
                 lambda: {n for n, _ in processed(redis, ns)} == set(range(cls.JOBS))
                 and pending(redis, ns) == 0,
@@ -438,7 +349,7 @@ class TestWorkerHeartbeats:
     @pytest.fixture(scope="class")
     @classmethod
     def beats(cls, servers: Servers) -> Heartbeats:
-        worker = WorkerProcess(servers, "watcher", TIDINGS_HEARTBEAT_INTERVAL_S="0.2")
+        worker = WorkerProcess(servers, APP_PATH, "watcher", TIDINGS_HEARTBEAT_INTERVAL_S="0.2")
         try:
             mine: list[dict[str, Any]] = []
 

@@ -24,9 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from tidings.agent import AgentStats
-from tidings.sinks.breaker import BreakerState, RedisBreakerStore
 from tidings.observability.queues import QueueSnapshot, read_queues
 from tidings.observability.sources import Sources
+from tidings.sinks.breaker import BreakerState, RedisBreakerStore
 from tidings.tables import consumers
 
 T = TypeVar("T")

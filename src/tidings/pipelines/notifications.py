@@ -284,11 +284,11 @@ class NotificationPipeline:
             for channel in item.attrs["channels"]:
                 try:
                     contents[channel] = await self.services.renderer.render(n, channel)
-                except TemplateError as exc:
-                    await self._record(item, channel, "failed", error=str(exc))
+                except TemplateError as exc:  # the same data fails the same way: final
+                    await self._record(item, channel, "dead", error=str(exc))
             channels = tuple(c for c in item.attrs["channels"] if c in contents)
             if not channels:
-                item.drop("no channel could be rendered")
+                item.reject("no channel could be rendered", kind="permanent")
                 out.append(item)
                 continue
             out.extend(await self._dispatch(item, n, channels, contents))

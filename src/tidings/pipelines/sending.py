@@ -192,6 +192,9 @@ class Sender:
     async def _settle(self, run: _Run, tally: Tally) -> None:
         """Retry, wait or dead-letter a dispatch that was not delivered."""
         if run.delivered:
+            # A fallback chain went past these legs and delivered further on: they are over
+            # (dead in the ledger), but the message was delivered, so it is no dead letter.
+            await self._bury(run, tally)
             return
         item = run.item
         if run.busy:
@@ -214,12 +217,16 @@ class Sender:
                 tally.count(transient[0].channel, "retried")
                 return
             kind = "exhausted"
-        for f in failures:
+        await self._bury(run, tally)
+        item.reject(reason or "nothing could be sent", kind=kind)
+
+    async def _bury(self, run: _Run, tally: Tally) -> None:
+        """Mark the run's failed legs dead: nothing will try them again."""
+        for f in run.failures:
             if _code(f) not in ("already_dead", "already_filtered"):
                 await self.ledger.record_delivery(run.dispatch.message_id, f.channel,
                                                   f.address, "dead", error=_reason(f))
                 tally.count(f.channel, "dead")
-        item.reject(reason or "nothing could be sent", kind=kind)
 
     def _next_delay(self, run: _Run, transient: list[SendResult]) -> float | None:
         envelope = run.item.message.envelope
