@@ -20,6 +20,7 @@ from tidings.connections import (
     resolve_redis_url,
 )
 from tidings.errors import ConfigurationError, TidingsError, UnknownTopic
+from tidings.parking import Parking
 from tidings.retry import RetryPolicies, RetryPolicy
 from tidings.settings import Settings
 from tidings.streams import RedisTransport
@@ -52,6 +53,8 @@ class App:
         # The default and per-queue / per-type policies; the worker adds the queues' policies
         # from PostgreSQL when it starts.
         self.retry_policies = RetryPolicies()
+        # Where far-off retries wait: set by the worker when it has a database.
+        self.parking: Parking | None = None
 
     def __repr__(self) -> str:
         return f"App({self.name!r}, topics={list(self.topics)}, agents={list(self.agents)})"

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(5.0, gt=0)
     shutdown_timeout_s: float = Field(30.0, gt=0, description="Deadline for in-flight work")
     trim_interval_s: float = Field(5.0, gt=0)
+    park_after_s: float = Field(
+        3600.0, gt=0, description="Retries due later than this wait in PostgreSQL, not Redis"
+    )
 
     @field_validator("namespace", "database_schema")
     @classmethod

@@ -255,6 +255,12 @@ class RedisTransport:
     ) -> None:
         await self._retry_later(keys=[delayed, stream], args=[group, entry_id, delay_ms, member])
 
+    async def schedule(self, entries: Sequence[tuple[str, bytes, int]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for delay_set, member, due_ms in entries:
+            pipe.zadd(delay_set, {member: due_ms})
+        await pipe.execute()
+
     async def promote(self, delayed: str, stream: str, limit: int) -> tuple[int, int | None]:
         moved, wait_ms = await self._promote(keys=[delayed, stream], args=[limit])
         return int(moved), None if int(wait_ms) < 0 else int(wait_ms)

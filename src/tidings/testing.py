@@ -190,6 +190,11 @@ class MemoryTransport:
         self.delayed.setdefault(delayed, {})[member] = self._now_ms() + delay_ms
         await self.ack(stream, group, [entry_id])
 
+    async def schedule(self, entries: Sequence[tuple[str, bytes, int]]) -> None:
+        offset = self._now_ms() - time.time() * 1000  # due times are Unix ms; ours monotonic
+        for delay_set, member, due_ms in entries:
+            self.delayed.setdefault(delay_set, {})[member] = due_ms + offset
+
     async def promote(self, delayed: str, stream: str, limit: int) -> tuple[int, int | None]:
         members = self.delayed.get(delayed, {})
         now = self._now_ms()

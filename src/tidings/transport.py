@@ -105,6 +105,10 @@ class Transport(Protocol):
         due ``delay_ms`` from now by the server's clock, and ack the original entry."""
         ...
 
+    async def schedule(self, entries: Sequence[tuple[str, bytes, int]]) -> None:
+        """Put members in delay sets, due at absolute Unix ms: (delay set, member, due_ms)."""
+        ...
+
     async def promote(self, delayed: str, stream: str, limit: int) -> tuple[int, int | None]:
         """Move up to ``limit`` due members of ``delayed`` to ``stream``, atomically.
 

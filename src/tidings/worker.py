@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from tidings.app import App
 from tidings.errors import ConfigurationError
 from tidings.ownership import PartitionOwner
+from tidings.parking import Parking
 from tidings.retry import load_queue_policies
 from tidings.settings import Settings
 from tidings.streams import RedisTransport
@@ -83,6 +84,7 @@ class Worker:
         self._group_ids: dict[str, int] = {}
         self.recorder: DeadLetterRecorder | None = None
         self._recording: asyncio.Task[None] | None = None
+        self._unparking: asyncio.Task[None] | None = None
 
     def request_stop(self) -> None:
         self._signals += 1
@@ -115,6 +117,7 @@ class Worker:
             queues = await load_queue_policies(self.app.engine)
             policies = self.app.retry_policies
             self.app.retry_policies = replace(policies, by_queue={**policies.by_queue, **queues})
+            self.app.parking = Parking(self.app.engine)
         self.owners = [
             PartitionOwner(agent, self.consumer, self.app.transport, self.settings)
             for agent in self.agents
@@ -152,8 +155,14 @@ class Worker:
         self.recorder = DeadLetterRecorder(transport.client, self.app.engine,
                                            self.settings.namespace, consumer=self.consumer)
         self._recording = asyncio.create_task(self.recorder.run(), name="dlq-recorder")
+        if self.app.parking is not None:
+            self._unparking = asyncio.create_task(self.app.parking.run(transport),
+                                                  name="unpark-retries")
 
     async def _stop_recorder(self) -> None:
+        if self.app.parking is not None and self._unparking is not None:
+            self.app.parking.stop()
+            await asyncio.gather(self._unparking, return_exceptions=True)
         if self.recorder is None or self._recording is None:
             return
         self.recorder.stop()

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tidings.database import create_engine, ensure_schema, ping, quote_ident
 from tidings.errors import ConnectionFailed, MigrationsPending
 from tidings.migrate import check_current, current, downgrade, head, revisions, upgrade
+from tidings.retry import RetryPolicy
 from tidings.tables import consumer_instances, deliveries, messages, metadata
 from tidings.tables.consumers import heartbeat, live_instances, mark_stopped, register_group
 
@@ -89,7 +90,9 @@ async def test_upgrade_creates_every_table_and_the_default_queues(
         ("sms", "notifications.sms", "sms"),
     ]
     assert {(r.partitions, r.max_deliveries, r.enabled) for r in rows} == {(4, 5, True)}
-    assert all(r.retry_policy["strategy"] == "exponential_jitter" for r in rows)
+    policies = [RetryPolicy.from_config(r.retry_policy) for r in rows]  # what workers load
+    assert {p.strategy for p in policies} == {"full_jitter"}
+    assert {p.max_attempts for p in policies} == {8}
 
 
 async def test_upgrade_applies_nothing_the_second_time(

@@ -1,5 +1,5 @@
-"""Failure handling: dead letters with their replay audit, the 'sending' delivery state, and
-the seeded queues' retry policies in the format tidings.retry reads.
+"""Failure handling: dead letters with their replay audit, retries parked for later, the
+'sending' delivery state, and the seeded queues' retry policies in tidings.retry's format.
 
 'sending' is the intent row written before a provider is called, so a worker that dies between
 the call and the ack does not send a second time (exactly-once effect).
@@ -115,9 +115,27 @@ def upgrade() -> None:
     )
     op.create_index("ix_dead_letter_replays_dead_letter_id", "dead_letter_replays",
                     ["dead_letter_id"])
+    _parked()
+
+
+def _parked() -> None:
+    op.create_table(
+        "parked_retries",
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
+        _text("stream", nullable=False),
+        _text("entry_id", nullable=False),
+        _text("delay_set", nullable=False),
+        sa.Column("member", sa.LargeBinary(), nullable=False),
+        sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
+        _now("created_at"),
+        sa.PrimaryKeyConstraint("id", name="pk_parked_retries"),
+        sa.UniqueConstraint("stream", "entry_id", name="uq_parked_retries_stream_entry_id"),
+    )
+    op.create_index("ix_parked_retries_due_at", "parked_retries", ["due_at"])
 
 
 def downgrade() -> None:
+    op.drop_table("parked_retries")
     op.drop_table("dead_letter_replays")
     op.drop_table("dead_letters")
     op.execute("DELETE FROM deliveries WHERE state = 'sending'")

@@ -1,0 +1,125 @@
+"""Retries due hours away wait in PostgreSQL and come back to Redis when nearly due."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+from redis.asyncio import Redis
+from sqlalchemy import text
+
+from tidings import App, Message, Priority, Retry, Settings
+from tidings.database import quote_ident
+from tidings.parking import Parking
+from tidings.retry import RetryPolicy
+from tidings.streams import RedisTransport
+from tidings.testing import running
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres]
+
+TOPIC, AGENT = "parking.jobs", "parking.work"
+PATIENT = RetryPolicy(strategy="fixed", base=1, max_delay=86_400, max_attempts=3)
+
+
+class Job(BaseModel):
+    n: int
+
+
+@pytest.fixture
+def settings(redis_url: str, database_url: str, namespace: str, schema_name: str) -> Settings:
+    return Settings(redis_url=redis_url, database_url=database_url, namespace=namespace,
+                    database_schema=schema_name, block_ms=50, park_after_s=3600)
+
+
+@pytest.fixture
+async def started(settings: Settings, redis: Redis) -> AsyncIterator[tuple[App, list[int]]]:
+    attempts: list[int] = []
+    app = App("parking")
+    jobs = app.topic(TOPIC, model=Job, partitions=1)
+
+    @app.agent(jobs, name=AGENT, retry=PATIENT)
+    async def work(message: Message[Job]) -> None:
+        attempts.append(message.envelope.attempt)
+        if message.envelope.attempt == 1:
+            raise Retry(delay=7200, reason="try again in two hours")
+
+    async def park_in_postgres(app: App) -> None:
+        from tidings import migrate
+
+        await migrate.upgrade(app.engine, settings.database_schema)
+        app.parking = Parking(app.engine)
+
+    app.on_start(park_in_postgres)
+    async with running(app, settings, transport=RedisTransport(redis), database=True):
+        yield app, attempts
+        async with app.engine.begin() as conn:
+            await conn.execute(text(f"DROP SCHEMA {quote_ident(settings.database_schema)}"
+                                    " CASCADE"))
+
+
+async def parked(app: App) -> list[Any]:
+    async with app.engine.connect() as conn:
+        return list((await conn.execute(text(
+            "SELECT stream, entry_id, delay_set, due_at - now() AS wait FROM parked_retries"
+        ))).all())
+
+
+async def until(condition: Any, within: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await condition():
+        assert loop.time() < deadline, "still not true"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_retry_due_in_hours_waits_in_postgres_not_redis(
+    started: tuple[App, list[int]], redis: Redis,
+) -> None:
+    app, attempts = started
+    await app.get_topic(TOPIC).send(Job(n=1))
+
+    async def is_parked() -> bool:
+        return len(await parked(app)) == 1
+
+    await until(is_parked)
+    [row] = await parked(app)
+    keys = app.get_topic(TOPIC).keys(0)
+    assert row.delay_set == keys.delayed(AGENT)
+    assert 7100 < row.wait.total_seconds() <= 7200
+    assert await redis.zcard(keys.delayed(AGENT)) == 0
+    assert (await redis.xpending(keys.lane(Priority.NORMAL), AGENT))["pending"] == 0
+    assert attempts == [1]
+
+
+async def test_a_parked_retry_comes_back_when_nearly_due_and_runs_once(
+    started: tuple[App, list[int]],
+) -> None:
+    app, attempts = started
+    await app.get_topic(TOPIC).send(Job(n=1))
+
+    async def is_parked() -> bool:
+        return len(await parked(app)) == 1
+
+    await until(is_parked)
+    async with app.engine.begin() as conn:  # two hours pass
+        await conn.execute(text("UPDATE parked_retries SET due_at = now()"))
+    assert app.parking is not None
+    assert await app.parking.unpark(app.transport) == 1
+    assert await app.parking.unpark(app.transport) == 0
+
+    async def retried() -> bool:
+        return attempts == [1, 2]
+
+    await until(retried)
+    assert await parked(app) == []
+
+
+async def test_parking_one_entry_twice_keeps_one_row(started: tuple[App, list[int]]) -> None:
+    app, _ = started
+    assert app.parking is not None
+    for _ in range(2):  # a crash between the insert and the ack parks it again
+        await app.parking.park("s", b"1-0", "d", b'{"v":1}\x00{}', 2_000_000_000_000)
+    assert len(await parked(app)) == 1
