@@ -8,6 +8,7 @@ from tidings.tables.common import metadata
 from tidings.tables.consumers import consumer_groups, consumer_instances
 from tidings.tables.dead_letters import dead_letter_replays, dead_letters
 from tidings.tables.ledger import deliveries, messages
+from tidings.tables.parked import parked_retries
 from tidings.tables.preferences import preferences
 from tidings.tables.queues import queue_configs
 from tidings.tables.schedules import outbox, schedule_fires, schedules
@@ -23,6 +24,7 @@ __all__ = [
     "messages",
     "metadata",
     "outbox",
+    "parked_retries",
     "preferences",
     "queue_configs",
     "schedule_fires",
