@@ -11,6 +11,7 @@ from datetime import time as clock
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -22,13 +23,14 @@ from tidings.dlq import DeadLetterRecorder
 from tidings.dlq.edits import parse_edit
 from tidings.dlq.replay import Replayer, ReplayError
 from tidings.dlq.store import DeadLetters, Selection
-from tidings.message import Envelope, Message, Priority
+from tidings.message import Envelope, Message, Priority, new_id
 from tidings.notification import Notification, parse_notification
 from tidings.pipelines import Item
+from tidings.pipelines.ledger import MessageRecord
 from tidings.pipelines.notifications import Dispatch, NotificationPipeline, build
 from tidings.pipelines.preferences import Preferences, QuietHours
 from tidings.retry import RetryPolicies, RetryPolicy
-from tidings.sinks import build_providers
+from tidings.sinks import build_providers, leg_key
 from tidings.streams import RedisTransport
 from tidings.testing import Harness, running
 
@@ -327,3 +329,50 @@ async def test_a_replayed_dead_letter_with_an_edited_number_is_delivered_once(
     [audit] = shown["replay_history"]
     assert audit["replayed_by"] == "ops@example.com"
     assert audit["edits"] == {"notification.recipient.phone": "+14155550199"}
+
+
+async def _stale_intent(world: World, message_id: str, channel: str, recipient: str) -> None:
+    """A 'sending' row left by a worker that died mid-call an hour ago."""
+    async with world.pipeline.app.engine.begin() as conn:
+        await conn.execute(text(
+            "INSERT INTO deliveries (message_id, channel, recipient, state, updated_at)"
+            " VALUES (:m, :c, :r, 'sending', now() - interval '1 hour')"
+        ), {"m": message_id, "c": channel, "r": recipient})
+
+
+async def _redeliver(world: World, n: Notification, msg_id: str, channel: str) -> None:
+    dispatch = Dispatch(
+        message_id=msg_id, notification=n, channels=(channel,), mode="fanout",  # type: ignore[arg-type]
+        contents={channel: n.content}, accepted_ms=0,  # type: ignore[dict-item]
+    )
+    again = Message(dispatch, Envelope(id="redelivery"), "1-0", 0, deliveries=2)
+    await world.pipeline.deliver([Item(again, dispatch, None, Priority.NORMAL)])
+    await world.pipeline.services.ledger.flush()
+
+
+async def test_a_send_of_unknown_outcome_is_not_repeated_on_a_provider_that_cannot_dedupe(
+    world: World,
+) -> None:
+    n = notification(channels=["sms"])
+    msg_id = new_id()  # accepted earlier; only its message row exists
+    await world.pipeline.services.ledger.claim_idempotency_keys([
+        MessageRecord.from_notification(msg_id, "notifications", n)])
+    await _stale_intent(world, msg_id, "sms", "+14155550123")
+    await _redeliver(world, n, msg_id, "sms")
+    assert world.local.http.counts.by_status == {}, "not sent again"
+    assert (await world.attempts(msg_id))[("sms", "+14155550123")][0] == "dead"
+
+
+async def test_a_send_of_unknown_outcome_is_repeated_with_its_key_on_a_deduplicating_webhook(
+    world: World,
+) -> None:
+    n = notification(channels=["webhook"])
+    msg_id = new_id()
+    await world.pipeline.services.ledger.claim_idempotency_keys([
+        MessageRecord.from_notification(msg_id, "notifications", n)])
+    [address] = n.recipient.addresses("webhook")
+    await _stale_intent(world, msg_id, "webhook", address)
+    await _redeliver(world, n, msg_id, "webhook")
+    [hook] = world.local.http.webhooks
+    assert orjson.loads(hook.body)["id"] == leg_key(n, "webhook", address)
+    assert (await world.attempts(msg_id))[("webhook", address)][0] == "sent"

@@ -102,7 +102,9 @@ class Provider(Protocol):
     """Sends Deliveries over one channel. ``send`` returns a SendResult and never raises.
 
     ``aclose`` releases what the provider opened itself (pooled SMTP connections); an injected
-    HTTP client stays open: it belongs to whoever passed it in.
+    HTTP client stays open: it belongs to whoever passed it in. A provider whose API
+    deduplicates by our idempotency key says so with ``idempotent = True``: then a send whose
+    outcome is unknown (its worker died mid-call) is repeated; otherwise it is dead-lettered.
     """
 
     name: str

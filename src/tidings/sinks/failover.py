@@ -130,6 +130,11 @@ class FailoverProvider:
         self.channel = providers[0].channel
         self.name = name or f"{self.channel}-failover"
 
+    @property
+    def idempotent(self) -> bool:
+        """A repeated send is safe only if every provider it may go to deduplicates."""
+        return all(getattr(p, "idempotent", False) for p in self.providers)
+
     async def send(self, delivery: Delivery) -> SendResult:
         waits: list[tuple[str, float]] = []
         failed: SendResult | None = None

@@ -77,9 +77,12 @@ class SignedWebhook:
 
     Our idempotency key goes in ``Idempotency-Key`` and as the event ``id``. 410 Gone is a
     permanent, bad-address failure (the endpoint is retired); 408 / 429 / 5xx are transient.
+    Receivers deduplicate by that id (the webhook contract), so a send whose outcome is unknown
+    may be repeated: ``idempotent``.
     """
 
     channel: Channel = "webhook"
+    idempotent = True
 
     def __init__(
         self,
