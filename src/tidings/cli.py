@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from tidings.analytics.cli import maintain, report, trace
 from tidings.dlq.cli import dlq_cli
 from tidings.errors import TidingsError
 from tidings.scheduling.cli import schedules_cli
@@ -292,6 +293,11 @@ def pipeline(
 
     counts = Counts(drain=drain, rate=rate, steady_s=seconds, repeats=repeats)
     run(pipeline_command(settings(), counts, json_output, out, err))
+
+
+cli.command("report")(report)
+cli.command("trace")(trace)
+cli.command("maintain")(maintain)
 
 
 def main() -> None:

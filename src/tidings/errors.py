@@ -22,6 +22,7 @@
     ├── capture.http.CaptureError     the local capture server was misused (tests, demo)
     ├── dlq.store.UnknownDeadLetter   a dead-letter id that is not stored
     ├── dlq.replay.ReplayError        a dead letter that cannot be replayed as asked
+    ├── analytics.trace.UnknownNotification   no message, event or dead letter has this id
     └── Signal                        control flow raised by a handler, not a failure of tidings
         ├── Reject(reason)            park the message in the dead letters, ack it
         └── Retry(delay, reason)      try the message again after ``delay`` seconds

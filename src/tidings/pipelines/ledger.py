@@ -11,6 +11,10 @@ overwrites a state. Each ``sent`` or ``failed`` record counts one attempt. Sever
 one delivery in one batch are merged in memory by the same rules (PostgreSQL refuses to upsert
 one row twice in one statement).
 
+Every record is also one ``delivery_events`` row, whatever the merge rules did with it,
+inserted in the same flush and transaction as the upsert, right after it (one statement);
+a ``sent`` / ``failed`` event gets its attempt number from the upserted row unless given.
+
 A failed flush is retried; rows that still cannot be written are never dropped silently: a
 connection failure keeps them buffered for the next flush, a row the database rejects is dropped
 from the buffer and named in the LedgerError. Either way the error is raised — by ``flush()``,
@@ -33,6 +37,7 @@ from tidings.pipelines.ledger_rows import (
     CLAIM,
     COUNTED,
     FINAL,
+    INSERT_EVENTS,
     INSERT_MESSAGES,
     SENT,
     STATES,
@@ -41,9 +46,11 @@ from tidings.pipelines.ledger_rows import (
     DeliveryKey,
     DeliveryRow,
     DeliveryState,
+    EventRow,
     MessageRecord,
     claim_owners,
     delivery_columns,
+    event_columns,
     message_columns,
     one_line,
 )
@@ -154,14 +161,23 @@ class LedgerWriter:
         error: str | None = None,
         *,
         at: datetime | None = None,
+        attempt: int | None = None,
+        duration_ms: float | None = None,
     ) -> None:
-        """Buffer a state change of one delivery (upserted; see the module docstring)."""
+        """Buffer a state change of one delivery (upserted; see the module docstring) and its
+        event. ``attempt``: which send attempt this is (else counted by the ledger);
+        ``duration_ms``: how long the provider call took."""
         if state not in STATES:
             raise ValueError(f"unknown delivery state {state!r}; use {', '.join(STATES)}")
+        if attempt is not None and attempt < 1:
+            raise ValueError(f"attempt must be 1 or more, not {attempt}")
         self._check()
         at = at or datetime.now(UTC)
-        row = DeliveryRow(state, provider, provider_message_id, int(state in COUNTED), error, at,
-                        at if state == "sent" else None, at)
+        counted = int(state in COUNTED)
+        event = EventRow(state, attempt, provider, provider_message_id, error, duration_ms, at,
+                         counted or None)
+        row = DeliveryRow(state, provider, provider_message_id, counted, error, at,
+                          at if state == "sent" else None, at, [event])
         key = (message_id, channel, recipient)
         earlier = self._deliveries.get(key)
         if earlier is None:
@@ -335,7 +351,9 @@ class LedgerWriter:
             if messages:
                 await conn.execute(INSERT_MESSAGES, message_columns(messages))
             if deliveries:
-                await conn.execute(UPSERT_DELIVERIES, delivery_columns(deliveries))
+                upserted = await conn.execute(UPSERT_DELIVERIES, delivery_columns(deliveries))
+                attempts = {(r[0], r[1], r[2]): r[3] for r in upserted}
+                await conn.execute(INSERT_EVENTS, event_columns(deliveries, attempts))
 
         await self._retrying(write)
 

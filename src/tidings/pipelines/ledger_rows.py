@@ -4,7 +4,7 @@ that writes them in one statement per table (see tidings.pipelines.ledger)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, get_args
 
@@ -65,6 +65,25 @@ class MessageRecord:
 
 
 @dataclass(slots=True)
+class EventRow:
+    """One ``delivery_events`` row: a state change exactly as it was recorded.
+
+    ``seq`` numbers the attempts a batch's merged delivery row counts (1, 2, …; None for a
+    record the merge ignored): at the flush it becomes the attempt number, unless ``attempt``
+    was given.
+    """
+
+    state: str
+    attempt: int | None
+    provider: str | None
+    provider_message_id: str | None
+    error: str | None
+    duration_ms: float | None
+    at: datetime
+    seq: int | None
+
+
+@dataclass(slots=True)
 class DeliveryRow:
     """A pending delivery upsert: the merge of every record for its key since the last flush."""
 
@@ -76,9 +95,17 @@ class DeliveryRow:
     at: datetime
     sent_at: datetime | None
     last_at: datetime
+    events: list[EventRow] = field(default_factory=list)  # every record merged into this row
 
     def then(self, later: DeliveryRow) -> None:
-        """Apply ``later`` after this one, by the rules the upsert applies in the database."""
+        """Apply ``later`` after this one, by the rules the upsert applies in the database.
+
+        Its events are kept whatever the rules say: they are the story, not the state.
+        """
+        for event in later.events:
+            if event.seq is not None:
+                event.seq = None if self.state in FINAL else event.seq + self.attempts
+        self.events.extend(later.events)
         if self.state in FINAL:
             return
         if later.state != "accepted":
@@ -136,6 +163,19 @@ ON CONFLICT (message_id, channel, recipient) DO UPDATE SET
     sent_at = coalesce(d.sent_at, excluded.sent_at),
     updated_at = greatest(d.updated_at, excluded.updated_at)
 WHERE d.state NOT IN ('sent', 'filtered', 'dead')
+RETURNING message_id, channel, recipient, attempts
+""")
+
+# Events are appended after the upsert, in the same transaction: the attempts it returned
+# number them.
+INSERT_EVENTS = text("""
+INSERT INTO delivery_events (message_id, channel, recipient, state, attempt, provider,
+                             provider_message_id, error, duration_ms, at)
+SELECT * FROM unnest(
+    CAST(:message_id AS text[]), CAST(:channel AS text[]), CAST(:recipient AS text[]),
+    CAST(:state AS text[]), CAST(:attempt AS integer[]), CAST(:provider AS text[]),
+    CAST(:provider_message_id AS text[]), CAST(:error AS text[]),
+    CAST(:duration_ms AS double precision[]), CAST(:at AS timestamptz[]))
 """)
 
 OWNERS = text("""
@@ -180,6 +220,28 @@ def delivery_columns(pending: dict[DeliveryKey, DeliveryRow]) -> dict[str, list[
         "sent_at": [r.sent_at for r in rows],
         "last_at": [r.last_at for r in rows],
     }
+
+
+def event_columns(
+    pending: dict[DeliveryKey, DeliveryRow], attempts: dict[DeliveryKey, int]
+) -> dict[str, list[Any]]:
+    """The events of ``pending``; ``attempts``: each delivery's attempt count after the upsert
+    (absent where the upsert left a finished delivery alone)."""
+    columns: dict[str, list[Any]] = {name: [] for name in (
+        "message_id", "channel", "recipient", "state", "attempt", "provider",
+        "provider_message_id", "error", "duration_ms", "at")}
+    for key in sorted(pending):
+        row = pending[key]
+        total = attempts.get(key)
+        for event in row.events:
+            attempt = event.attempt
+            if attempt is None and event.seq is not None and total is not None:
+                attempt = total - row.attempts + event.seq
+            for name, value in zip(columns, (*key, event.state, attempt, event.provider,
+                                             event.provider_message_id, event.error,
+                                             event.duration_ms, event.at), strict=True):
+                columns[name].append(value)
+    return columns
 
 
 async def claim_owners(conn: AsyncConnection, claims: list[Claim]) -> dict[Claim, str]:

@@ -181,7 +181,8 @@ class Sender:
         await self.ledger.record_delivery(
             run.dispatch.message_id, result.channel, result.address, state,
             provider=result.provider, provider_message_id=result.provider_message_id,
-            error=error,
+            error=error, attempt=run.item.message.envelope.attempt,
+            duration_ms=result.duration_ms,
         )
         tally.count(result.channel, state)
         if result.ok:
