@@ -56,6 +56,15 @@ def test_the_error_history_header_gives_first_and_last_failure() -> None:
     assert row["last_failed_at"].timestamp() == 3.0
 
 
+def test_a_real_failure_time_in_milliseconds_is_kept_whole() -> None:
+    at_ms = 1_795_884_125_989  # 2026-11-28: more than an integer column's 31 bits
+    fields = {**encode(Envelope("m-1"), b"{}"), b"dead.kind": b"permanent",
+              b"dead.at_ms": str(at_ms).encode(), b"dead.group": b"send"}
+    row = row_of(fields, "t", 0, "dead", "1-0", now_ms=0)
+    assert row["last_failed_at"].timestamp() == at_ms / 1000
+    assert row["errors"][-1]["at_ms"] == at_ms
+
+
 def test_a_kind_from_a_newer_tidings_is_kept_in_the_message() -> None:
     row = row_of({b"dead.kind": b"quarantined", b"dead.reason": b"x"}, "t", 0, "d", "1-0", 1)
     assert (row["kind"], row["error_message"]) == ("invalid", "[quarantined] x")

@@ -69,6 +69,14 @@ def _int(fields: dict[bytes, bytes], name: bytes, default: int) -> int:
         return default
 
 
+def _ms(fields: dict[bytes, bytes], name: bytes, default: int) -> int:
+    """A Unix time in ms (not an integer column: it needs more than 31 bits)."""
+    try:
+        return min(max(int(fields[name]), 0), _MS_MAX)
+    except (KeyError, ValueError):
+        return default
+
+
 def _at(ms: int) -> datetime:
     return datetime.fromtimestamp(min(max(ms, 0), _MS_MAX) / 1000, UTC)
 
@@ -108,7 +116,7 @@ def row_of(
         reason = f"[{kind}] {reason}"
         kind = "invalid"
     error_type = _text(fields, b"dead.error_type")
-    dead_at = _int(fields, b"dead.at_ms", now_ms)
+    dead_at = _ms(fields, b"dead.at_ms", now_ms)
     attempts = _int(fields, b"dead.attempts", envelope.attempt if envelope else 1)
     # The header holds the failures that led to retries; the final one is the dead letter's.
     errors = [*error_history(headers),
