@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 def _embedded_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -71,3 +73,17 @@ async def redis(redis_url: str, namespace: str) -> AsyncIterator[Redis]:
 def schema_name() -> str:
     """A PostgreSQL schema of its own for each test that writes tables."""
     return f"tt_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def engine(database_url: str, schema_name: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on a schema of its own with every migration applied; dropped afterwards."""
+    from tidings.database import create_engine, quote_ident
+    from tidings.migrate import upgrade
+
+    engine = create_engine(database_url, schema=schema_name, pool_size=4, connect_timeout=5)
+    await upgrade(engine, schema_name)
+    yield engine
+    async with engine.begin() as conn:
+        await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema_name)} CASCADE"))
+    await engine.dispose()

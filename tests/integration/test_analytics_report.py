@@ -14,22 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tidings.analytics.report import build_report
 from tidings.analytics.rollup import roll_up
 from tidings.analytics.stats import ENDINGS
-from tidings.database import create_engine, quote_ident
-from tidings.migrate import upgrade
 from tidings.pipelines.ledger import LedgerWriter, MessageRecord
 
 pytestmark = [pytest.mark.postgres]
 NOW = datetime.now(UTC)  # real time: roll-ups compare with the database clock
-
-
-@pytest.fixture
-async def engine(database_url: str, schema_name: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url, schema=schema_name, pool_size=2, connect_timeout=5)
-    await upgrade(engine, schema_name)
-    yield engine
-    async with engine.begin() as conn:
-        await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema_name)} CASCADE"))
-    await engine.dispose()
 
 
 @pytest.fixture

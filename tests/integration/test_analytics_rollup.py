@@ -14,8 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tidings.analytics.histogram import bucket_of
 from tidings.analytics.rollup import RollUp
 from tidings.analytics.rollup import roll_up as roll_up_settled
-from tidings.database import create_engine, quote_ident
-from tidings.migrate import upgrade
+from tidings.database import create_engine
 from tidings.pipelines.ledger import LedgerWriter, MessageRecord
 
 pytestmark = [pytest.mark.postgres]
@@ -30,16 +29,6 @@ def _later() -> datetime:
 async def roll_up(engine: AsyncEngine, now: datetime) -> RollUp:
     # Nothing writes while a test rolls up: no need to wait for transactions to settle.
     return await roll_up_settled(engine, now, settle=timedelta(0))
-
-
-@pytest.fixture
-async def engine(database_url: str, schema_name: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url, schema=schema_name, pool_size=4, connect_timeout=5)
-    await upgrade(engine, schema_name)
-    yield engine
-    async with engine.begin() as conn:
-        await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema_name)} CASCADE"))
-    await engine.dispose()
 
 
 @pytest.fixture

@@ -7,26 +7,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tidings.database import create_engine, quote_ident
-from tidings.migrate import upgrade
+from tidings.database import create_engine
 from tidings.pipelines.ledger import LedgerError, LedgerWriter, MessageRecord
 from tidings.tables import delivery_events
 
 pytestmark = [pytest.mark.postgres]
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def engine(database_url: str, schema_name: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url, schema=schema_name, pool_size=2, connect_timeout=5)
-    await upgrade(engine, schema_name)
-    yield engine
-    async with engine.begin() as conn:
-        await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema_name)} CASCADE"))
-    await engine.dispose()
 
 
 @pytest.fixture

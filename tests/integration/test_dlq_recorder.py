@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import orjson
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings import keys
-from tidings.database import create_engine, quote_ident
 from tidings.dlq.recorder import GROUP, DeadLetterRecorder
 from tidings.keys import PartitionKeys
 from tidings.message import Envelope, now_ms
-from tidings.migrate import upgrade
 from tidings.tables.dead_letters import dead_letters
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
-
-
-@pytest.fixture
-async def engine(database_url: str, schema_name: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url, schema=schema_name, pool_size=4, connect_timeout=5)
-    await upgrade(engine, schema_name)
-    yield engine
-    async with engine.begin() as conn:
-        await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema_name)} CASCADE"))
-    await engine.dispose()
 
 
 def recorder(redis: Redis, engine: AsyncEngine, namespace: str, name: str = "r1",

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import orjson
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings import keys
-from tidings.database import create_engine, quote_ident
 from tidings.dlq.edits import EditError, parse_edit
 from tidings.dlq.recorder import DeadLetterRecorder
 from tidings.dlq.replay import Replayed, Replayer, ReplayError
@@ -19,22 +16,11 @@ from tidings.dlq.store import UnknownDeadLetter
 from tidings.errors import TidingsError
 from tidings.keys import PartitionKeys
 from tidings.message import Envelope
-from tidings.migrate import upgrade
 from tidings.tables import dead_letter_replays, dead_letters, deliveries, messages
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
 HISTORY = orjson.dumps([{"attempt": 1, "at_ms": 1_000, "type": "Timeout", "message": "slow"}])
-
-
-@pytest.fixture
-async def engine(database_url: str, schema_name: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url, schema=schema_name, pool_size=4, connect_timeout=5)
-    await upgrade(engine, schema_name)
-    yield engine
-    async with engine.begin() as conn:
-        await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema_name)} CASCADE"))
-    await engine.dispose()
 
 
 @pytest.fixture

@@ -13,23 +13,12 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tidings.database import create_engine, quote_ident
-from tidings.migrate import upgrade
+from tidings.database import create_engine
 from tidings.notification import Notification
 from tidings.pipelines.ledger import LedgerError, LedgerWriter, MessageRecord
 from tidings.tables import deliveries, messages
 
 pytestmark = [pytest.mark.postgres]
-
-
-@pytest.fixture
-async def engine(database_url: str, schema_name: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url, schema=schema_name, pool_size=4, connect_timeout=5)
-    await upgrade(engine, schema_name)
-    yield engine
-    async with engine.begin() as conn:
-        await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema_name)} CASCADE"))
-    await engine.dispose()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,8 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.analytics.report import truncate
 from tidings.analytics.retention import Removed, Retention, apply_retention
-from tidings.database import create_engine, quote_ident
-from tidings.migrate import upgrade
 from tidings.pipelines.ledger import LedgerWriter, MessageRecord
 from tidings.tables import delivery_stats_day, delivery_stats_hour, delivery_stats_minute
 
@@ -22,16 +19,6 @@ NOW = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)
 TABLES = {"minute": delivery_stats_minute, "hour": delivery_stats_hour,
           "day": delivery_stats_day}
 UNITS = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
-
-
-@pytest.fixture
-async def engine(database_url: str, schema_name: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url, schema=schema_name, pool_size=2, connect_timeout=5)
-    await upgrade(engine, schema_name)
-    yield engine
-    async with engine.begin() as conn:
-        await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema_name)} CASCADE"))
-    await engine.dispose()
 
 
 async def _ids(engine: AsyncEngine, query: str) -> list[str]:
