@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
+from prometheus_client.metrics_core import Metric
+
+from tidings.observability.histogram import CALL_BOUNDS, Histogram
 from tidings.retry import RetryPolicy
 from tidings.topic import Topic
 
@@ -29,10 +32,19 @@ class AgentStats:
     reclaimed: int = 0
     deleted: int = 0
     trimmed: int = 0
+    handler_seconds: Histogram = field(
+        default_factory=lambda: Histogram(CALL_BOUNDS), compare=False, repr=False)
+    """Duration of each handler call (one per message, or one per batch for a batch agent)."""
 
     @property
     def dead_lettered(self) -> int:
         return self.rejected + self.invalid + self.poison + self.exhausted + self.permanent
+
+
+class Collector(Protocol):
+    """A prometheus_client collector: what an agent's handler counts beyond its AgentStats."""
+
+    def collect(self) -> Iterable[Metric]: ...
 
 
 @dataclass
@@ -43,6 +55,8 @@ class Agent(Generic[T]):
     same key always run one after another, in order. A ``batch`` agent's handler gets each
     read batch whole, as a :class:`tidings.batch.Batch` (concurrency does not apply).
     ``retry`` overrides the retry policy of the agent's queue (see :mod:`tidings.retry`).
+    ``collectors``: in-process metrics the handler fills (say, the notification pipeline's
+    delivery counts), exported by the ``/metrics`` of a worker that runs the agent.
     """
 
     name: str
@@ -52,6 +66,7 @@ class Agent(Generic[T]):
     batch: bool = False
     retry: RetryPolicy | None = None
     stats: AgentStats = field(default_factory=AgentStats)
+    collectors: list[Collector] = field(default_factory=list)
 
     @property
     def group(self) -> str:

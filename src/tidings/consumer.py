@@ -21,10 +21,12 @@ from typing import Any
 
 import orjson
 
+from tidings import tracing
 from tidings.agent import Agent
 from tidings.batch import Batch, RetryRequest
 from tidings.errors import PayloadError, Reject, Retry
 from tidings.message import DELAY_HEADER, ERRORS_HEADER, PAYLOAD_FIELD, Message, now_ms
+from tidings.observability.logs import current_trace
 from tidings.parking import Parking
 from tidings.retry import RetryPolicy
 from tidings.settings import Settings
@@ -260,9 +262,18 @@ class PartitionConsumer:
         stats = self.agent.stats
         handler = self.agent.handler
         acks = self._acks
+        timing = stats.handler_seconds
+        clock = time.perf_counter
+        traced = tracing.enabled()
         for entry, message in items:
+            # Lines logged while the message is handled (and retried or dead-lettered) name it.
+            trace = current_trace.set(message.envelope.trace_id or message.envelope.id)
+            started = clock()
             try:
-                await handler(message)
+                try:
+                    await (self._traced(message) if traced else handler(message))
+                finally:
+                    timing.observe(clock() - started)
             except Reject as exc:
                 stats.rejected += 1
                 await self._dead_letter(entry, "rejected", exc.reason, "Reject", message)
@@ -287,12 +298,32 @@ class PartitionConsumer:
                     acks[entry.stream] = [entry.id]
                 else:
                     ack_list.append(entry.id)
+            finally:
+                current_trace.reset(trace)
+
+    async def _traced(self, message: Message[Any]) -> None:
+        """The handler inside an OpenTelemetry span in the message's trace."""
+        envelope = message.envelope
+        with tracing.span(f"tidings.handle {self.agent.name}", envelope.trace_id or envelope.id, {
+            "tidings.message_id": envelope.id, "tidings.topic": self.agent.topic.name,
+            "tidings.agent": self.agent.name, "tidings.partition": self.partition,
+            "tidings.attempt": envelope.attempt, "tidings.deliveries": message.deliveries,
+        }):
+            await self.agent.handler(message)
 
     async def _run_batch(self, items: list[tuple[Entry, Message[Any]]]) -> None:
         stats = self.agent.stats
         batch = Batch([message for _, message in items])
         try:
-            await self.agent.handler(batch)
+            started = time.perf_counter()
+            try:
+                with tracing.span(f"tidings.batch {self.agent.name}", None, {
+                    "tidings.topic": self.agent.topic.name, "tidings.agent": self.agent.name,
+                    "tidings.partition": self.partition, "tidings.batch_size": len(items),
+                }):
+                    await self.agent.handler(batch)
+            finally:
+                stats.handler_seconds.observe(time.perf_counter() - started)
             if batch.outgoing:  # outputs first: a crash before the acks redelivers the inputs
                 await self.transport.add(batch.outgoing)
         except Exception as exc:  # the whole batch stays pending and is redelivered

@@ -18,8 +18,10 @@ import yaml
 
 from tidings.agent import AgentStats
 from tidings.message import Priority
+from tidings.observability.deliveries import PipelineMetrics
 from tidings.observability.metrics import AgentCounts, PoolUsage, Snapshot, SnapshotCollector
 from tidings.observability.queues import Lane, LaneGroup, PartitionState, QueueSnapshot, TopicState
+from tidings.observability.scheduling import SchedulerMetrics
 from tidings.sinks.breaker import BreakerState
 
 OPS = Path(__file__).resolve().parents[2] / "ops"
@@ -39,12 +41,18 @@ def exported_names() -> set[str]:
     group = LaneGroup("g", pending=1, lag=1, oldest_pending_ms=0, consumers=1)
     lane = Lane(Priority.NORMAL, "s", 1, (group,))
     queues = QueueSnapshot(0, (TopicState("t", (PartitionState(0, (lane,), 0, 0),), {"g": 1}),))
+    pipeline = PipelineMetrics()
+    pipeline.delivery("email", "smtp", "acme", "sent")
+    pipeline.accepted("email", "smtp", 0.1)
+    pipeline.provider_call("smtp", "sent", 0.1)
+    scheduler = SchedulerMetrics()
+    scheduler.fired(0.5)
     collector = SnapshotCollector()
     collector.snapshot = Snapshot(
         agents=(AgentCounts("t", "a", AgentStats(), 1),), queues=queues, redis_up=True,
         live={("t", "g"): 1}, database_up=True,
         pools=(PoolUsage("redis", "main", 0, 0, 1), PoolUsage("database", "main", 0, 0, 1)),
-        breakers={"twilio": BreakerState.OPEN},
+        breakers={"twilio": BreakerState.OPEN}, collectors=(pipeline, scheduler),
     )
     return {sample.name for family in collector.collect() for sample in family.samples}
 
@@ -70,7 +78,8 @@ def test_the_issue_s_alerts_that_tidings_has_metrics_for_are_there() -> None:
     alerts = {rule["alert"] for rule in rules() if "alert" in rule}
 
     assert {"TidingsBacklogGrowing", "TidingsOldestPendingTooOld", "TidingsDeadLettersGrowing",
-            "TidingsNoHeartbeats", "TidingsErrorRateHigh", "TidingsBreakerOpen"} <= alerts
+            "TidingsNoHeartbeats", "TidingsErrorRateHigh", "TidingsBreakerOpen",
+            "TidingsSchedulerLate"} <= alerts
 
 
 def test_the_rules_use_only_metrics_tidings_exports() -> None:

@@ -10,8 +10,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tidings import tracing
+from tidings import App, Message, Retry, Settings, tracing
 from tidings.message import new_id
+from tidings.testing import running
 
 
 @pytest.fixture
@@ -70,3 +71,26 @@ def test_spans_are_off_until_a_provider_is_configured() -> None:
     assert tracing.enabled() is False
     with tracing.span("tidings.handle", new_id(), {}):
         pass
+
+
+async def test_a_handled_message_leaves_a_span_in_its_own_trace(
+    spans: InMemorySpanExporter,
+) -> None:
+    app = App("traced")
+    jobs = app.topic("traced.jobs", partitions=1)
+
+    @app.agent(jobs, name="traced.work")
+    async def work(message: Message[dict[str, int]]) -> None:
+        if message.envelope.attempt == 1:
+            raise Retry(delay=0.01)
+
+    settings = Settings(namespace="tt-traced", block_ms=20)
+    async with running(app, settings) as harness:
+        msg_id = await jobs.send({"n": 1})
+        await harness.drain()
+    first, second = [s for s in spans.get_finished_spans() if s.name.startswith("tidings.handle")]
+    assert first.name == "tidings.handle traced.work"
+    assert first.context.trace_id == second.context.trace_id == int(msg_id, 16)
+    assert (first.attributes or {})["tidings.attempt"] == 1
+    assert (second.attributes or {})["tidings.attempt"] == 2
+    assert [e.name for e in first.events] == ["exception"]

@@ -23,7 +23,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
-from tidings.agent import AgentStats
+from tidings.agent import AgentStats, Collector
+from tidings.observability.histogram import histogram_family
 from tidings.observability.queues import QueueSnapshot, read_queues
 from tidings.observability.sources import Sources
 from tidings.sinks.breaker import BreakerState, RedisBreakerStore
@@ -89,6 +90,8 @@ class Snapshot:
     breakers: Mapping[str, BreakerState] | None = None
     """Every provider breaker's state (shared in Redis); None if Redis could not be read."""
     duration_s: float = 0.0
+    collectors: tuple[Collector, ...] = ()
+    """In-process metrics (delivery counts, scheduler lateness), read as they are rendered."""
 
 
 async def take_snapshot(sources: Sources) -> Snapshot:
@@ -111,6 +114,7 @@ async def take_snapshot(sources: Sources) -> Snapshot:
         pools=_pool_usage(sources),
         breakers=states,
         duration_s=time.perf_counter() - started,
+        collectors=tuple(sources.collectors),
     )
 
 
@@ -132,7 +136,9 @@ def _agent_counts(sources: Sources) -> tuple[AgentCounts, ...]:
     for owner in sources.owners():
         owned[owner.agent.name] = owned.get(owner.agent.name, 0) + len(owner.running)
     return tuple(
-        AgentCounts(agent.topic.name, agent.name, dataclasses.replace(agent.stats),
+        AgentCounts(agent.topic.name, agent.name,
+                    dataclasses.replace(agent.stats,
+                                        handler_seconds=agent.stats.handler_seconds.copy()),
                     owned.get(agent.name))
         for agent in sources.agents
     )
@@ -180,6 +186,8 @@ class SnapshotCollector:
         if snapshot.breakers is not None:
             yield _breaker_family(snapshot.breakers)
         yield from _health_families(snapshot)
+        for collector in snapshot.collectors:
+            yield from collector.collect()
 
 
 def _breaker_family(states: Mapping[str, BreakerState]) -> Metric:
@@ -212,6 +220,10 @@ def _agent_families(agents: tuple[AgentCounts, ...]) -> Iterator[Metric]:
             owned.add_metric([counts.topic, counts.agent], counts.owned)
     yield dead
     yield owned
+    yield histogram_family(
+        "tidings_handler_seconds",
+        "Duration of one handler call: one message, or one batch for a batch agent.", labels,
+        [((c.topic, c.agent), c.stats.handler_seconds) for c in agents])
 
 
 def _queue_families(queues: QueueSnapshot) -> Iterator[Metric]:

@@ -9,7 +9,7 @@ from typing import Any
 from redis.asyncio import ConnectionPool, Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tidings.agent import Agent
+from tidings.agent import Agent, Collector
 from tidings.app import App
 from tidings.errors import ConfigurationError, TidingsError
 from tidings.ownership import PartitionOwner
@@ -24,7 +24,8 @@ def _no_owners() -> Sequence[PartitionOwner]:
 class Sources:
     """Everything `/metrics` and `/health/ready` look at, read only when they are asked.
 
-    ``tidings serve`` has connections only; a worker adds its agents and partition owners.
+    ``tidings serve`` has connections only; a worker adds its agents and partition owners,
+    and ``collectors``: in-process metrics (the agents' own, a scheduler's) read on scrape.
     """
 
     redis: Redis
@@ -38,6 +39,7 @@ class Sources:
     """A consumer instance counts as live if it sent a heartbeat this recently."""
     check_timeout_s: float = 3.0
     """How long one readiness check or one scrape read may take before it counts as failed."""
+    collectors: Sequence[Collector] = ()
 
     @classmethod
     def from_app(
@@ -46,8 +48,12 @@ class Sources:
         *,
         agents: Sequence[Agent[Any]] | None = None,
         owners: Callable[[], Sequence[PartitionOwner]] = _no_owners,
+        collectors: Sequence[Collector] = (),
     ) -> Sources:
-        """The sources of a started App on Redis (with its database, if it opened one)."""
+        """The sources of a started App on Redis (with its database, if it opened one).
+
+        ``agents`` (default: all of the app's) bring their collectors along, each once.
+        """
         transport = app.transport
         if not isinstance(transport, RedisTransport):
             raise ConfigurationError("metrics and health endpoints need the Redis transport")
@@ -55,16 +61,23 @@ class Sources:
         if transport.blocking is not transport.client:
             pools["blocking"] = transport.blocking.connection_pool
         settings = app.settings
+        agents = list(app.agents.values()) if agents is None else agents
         return cls(
             redis=transport.client,
             namespace=app.namespace,
             engine=_engine_of(app),
             schema=settings.database_schema,
-            agents=list(app.agents.values()) if agents is None else agents,
+            agents=agents,
             owners=owners,
             redis_pools=pools,
             heartbeat_window_s=3 * settings.heartbeat_interval_s,
+            collectors=_unique([*collectors, *(c for a in agents for c in a.collectors)]),
         )
+
+
+def _unique(collectors: list[Collector]) -> list[Collector]:
+    """Each collector once: several stages of one pipeline share its metrics."""
+    return list({id(c): c for c in collectors}.values())
 
 
 def _engine_of(app: App) -> AsyncEngine | None:

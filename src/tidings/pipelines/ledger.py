@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -123,6 +124,7 @@ class LedgerWriter:
         max_delay_ms: float = 20,
         retries: int = 3,
         retry_delay_s: float = 0.05,
+        on_flush: Callable[[int, float], None] | None = None,
     ) -> None:
         if max_batch < 1 or max_delay_ms < 0 or retries < 0:
             raise ValueError("max_batch must be >= 1, max_delay_ms and retries >= 0")
@@ -131,6 +133,8 @@ class LedgerWriter:
         self._delay_s = max_delay_ms / 1000
         self._retries = retries
         self._retry_delay_s = retry_delay_s
+        # on_flush(rows, seconds): told of each flush that wrote its batch (for metrics).
+        self._on_flush = on_flush
         self._messages: list[MessageRecord] = []
         self._deliveries: dict[DeliveryKey, DeliveryRow] = {}
         self._lock = asyncio.Lock()
@@ -293,6 +297,7 @@ class LedgerWriter:
             if not messages and not deliveries:
                 return
             batch = _Batch(messages, deliveries)
+            started = time.perf_counter()
             try:
                 await self._write(batch, messages, deliveries)
             except BaseException as exc:
@@ -305,6 +310,8 @@ class LedgerWriter:
                     f"could not write {rows} ledger rows after {self._retries + 1} tries; "
                     f"they stay buffered: {one_line(exc)}", rows=rows, retained=True,
                 ) from exc
+            if self._on_flush is not None:
+                self._on_flush(len(messages) + len(deliveries), time.perf_counter() - started)
             if batch.rejected:
                 count = len(batch.rejected)
                 more = f" (and {count - 1} more)" if count > 1 else ""

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tidings.app import App
 from tidings.notification import Channel, Content, Notification
+from tidings.observability.deliveries import NO_PROVIDER, PipelineMetrics
 from tidings.pipelines.graph import Item, Pipeline
 from tidings.pipelines.intents import Intents
 from tidings.pipelines.ledger import DeliveryState, LedgerWriter, MessageRecord
@@ -140,6 +141,8 @@ class NotificationPipeline:
         self.app = app
         self.router = Router(rules)
         self.tally = Tally()
+        # Exported by the /metrics of any worker running one of the pipeline's stages.
+        self.metrics = PipelineMetrics()
         self._providers = providers
         self._send_slots = send_concurrency
         self._services: Services | None = None
@@ -147,6 +150,8 @@ class NotificationPipeline:
         self.channel_topics = {c: app.topic(f"{INTAKE}.{c}", model=Dispatch) for c in CHANNELS}
         self.orchestration = app.topic(ORCHESTRATION, model=Dispatch)
         self.pipeline = self._graph().build()
+        for stage in self.pipeline.stages:
+            app.agents[f"{self.pipeline.name}.{stage}"].collectors.append(self.metrics)
         app.on_start(self._start)
         app.on_stop(self._stop)
 
@@ -174,7 +179,7 @@ class NotificationPipeline:
             return  # a producer (e.g. `tidings publish`) only needs the intake topic
         engine = app.engine
         templates = TemplateStore(engine)
-        ledger = LedgerWriter(engine)
+        ledger = LedgerWriter(engine, on_flush=self.metrics.ledger_flushed)
         providers = await self._providers(app)
         # A 'sending' row older than the reclaim idle time belongs to a worker that died.
         stale_s = app.settings.claim_idle_ms / 1000
@@ -187,7 +192,7 @@ class NotificationPipeline:
             providers=providers,
             sender=Sender(ledger, Intents(engine, stale_after_s=stale_s), providers,
                           self.retry_policy, concurrency=self._send_slots,
-                          busy_wait_s=stale_s),
+                          busy_wait_s=stale_s, metrics=self.metrics),
         )
 
     async def _stop(self, app: App) -> None:
@@ -342,6 +347,7 @@ class NotificationPipeline:
                 item.message.id, channel, address, state, error=error
             )
         self.tally.count(channel, state, len(addresses))
+        self.metrics.delivery(channel, NO_PROVIDER, n.tenant, state, len(addresses))
 
     async def write_ledger(self, items: list[Item]) -> list[Item]:
         """Write the batch's ledger rows before its messages are acked (DESIGN.md D2): a crash

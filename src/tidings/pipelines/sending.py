@@ -16,8 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from tidings import tracing
 from tidings.message import DELAY_HEADER, now_ms
 from tidings.notification import Channel
+from tidings.observability.deliveries import PipelineMetrics
+from tidings.observability.logs import current_trace, trace_of
 from tidings.pipelines.graph import Item
 from tidings.pipelines.intents import BUSY, CLAIMED, DeliveryKey, Intents
 from tidings.pipelines.ledger import DeliveryState, LedgerWriter
@@ -76,6 +79,7 @@ class Sender:
         *,
         concurrency: int = 32,
         busy_wait_s: float = 30.0,
+        metrics: PipelineMetrics | None = None,
     ) -> None:
         self.ledger = ledger
         self.intents = intents
@@ -83,6 +87,7 @@ class Sender:
         self.policy_for = policy_for
         self.concurrency = concurrency
         self.busy_wait_s = busy_wait_s
+        self.metrics = metrics or PipelineMetrics()
 
     async def deliver(self, items: list[Item], tally: Tally) -> list[Item]:
         runs = [_Run(i, i.value, list(i.value.channels)) for i in items]
@@ -91,7 +96,11 @@ class Sender:
             await self._wave(active, tally)
             active = [run for run in active if run.goes_on]
         for run in runs:
-            await self._settle(run, tally)
+            trace = current_trace.set(trace_of(run.item.message))
+            try:
+                await self._settle(run, tally)
+            finally:
+                current_trace.reset(trace)
         return items
 
     async def _wave(self, runs: list[_Run], tally: Tally) -> None:
@@ -109,15 +118,15 @@ class Sender:
         sends: list[tuple[_Job, Delivery]] = []
         for job in jobs:
             sends += await self._triage(job, claims, tally)
-
-        async def send(job: _Job, leg: Delivery) -> SendResult:
-            async with slots:
-                return await guarded(job.provider, leg)
-
-        results = await asyncio.gather(*(send(job, leg) for job, leg in sends))
+        traced = tracing.enabled()
+        results = await asyncio.gather(
+            *(self._send(job, leg, slots, traced) for job, leg in sends))
         done_ms = now_ms()
         sent_now: set[int] = set()
+        metrics = self.metrics
         for (job, _), result in zip(sends, results, strict=True):
+            if _code(result) != BREAKER_OPEN:  # an open breaker made no call
+                metrics.provider_call(result.provider, result.status, result.duration_ms / 1000)
             await self._record(job.run, result, tally, done_ms)
             if result.ok:
                 sent_now.add(id(job))
@@ -128,6 +137,21 @@ class Sender:
             else:  # fan-out: every leg must have gone
                 run.delivered = not run.busy and not any(
                     f.channel == job.channel for f in run.failures)
+
+    async def _send(self, job: _Job, leg: Delivery, slots: asyncio.Semaphore,
+                    traced: bool) -> SendResult:
+        # Each send is a task of its own (gather): what its provider logs names the message.
+        trace = trace_of(job.run.item.message)
+        current_trace.set(trace)
+        async with slots:
+            if not traced:
+                return await guarded(job.provider, leg)
+            with tracing.span(f"tidings.send {job.channel}", trace, {
+                "tidings.message_id": job.run.dispatch.message_id,
+                "tidings.channel": job.channel, "tidings.provider": job.provider.name,
+                "tidings.attempt": job.run.item.message.envelope.attempt,
+            }):
+                return await guarded(job.provider, leg)
 
     async def _job(self, run: _Run, channel: Channel, tally: Tally) -> _Job | None:
         n = run.dispatch.notification
@@ -185,8 +209,12 @@ class Sender:
             duration_ms=result.duration_ms,
         )
         tally.count(result.channel, state)
+        dispatch = run.dispatch
+        self.metrics.delivery(result.channel, result.provider, dispatch.notification.tenant, state)
         if result.ok:
-            tally.latency(result.channel, done_ms - run.dispatch.accepted_ms)
+            latency_ms = done_ms - dispatch.accepted_ms
+            tally.latency(result.channel, latency_ms)
+            self.metrics.accepted(result.channel, result.provider, latency_ms / 1000)
         else:
             run.failures.append(result)
 
@@ -208,6 +236,7 @@ class Sender:
             wait = max(f.failure.retry_after or 1.0 for f in transient if f.failure)
             item.retry(reason, delay=wait, count=False, error_type=BREAKER_OPEN)
             tally.count("*", "waiting")
+            self._count_retried(run, transient)
             return
         kind = "permanent"
         if transient:
@@ -216,6 +245,7 @@ class Sender:
                 item.retry(reason, delay=delay, policy=self.policy_for(run.dispatch),
                            error_type=_code(transient[0]))
                 tally.count(transient[0].channel, "retried")
+                self._count_retried(run, transient)
                 return
             kind = "exhausted"
         await self._bury(run, tally)
@@ -228,6 +258,14 @@ class Sender:
                 await self.ledger.record_delivery(run.dispatch.message_id, f.channel,
                                                   f.address, "dead", error=_reason(f))
                 tally.count(f.channel, "dead")
+                self.metrics.delivery(f.channel, f.provider,
+                                      run.dispatch.notification.tenant, "dead")
+
+    def _count_retried(self, run: _Run, transient: list[SendResult]) -> None:
+        """One ``retried`` per delivery that failed transiently and will be tried again."""
+        tenant = run.dispatch.notification.tenant
+        for f in transient:
+            self.metrics.delivery(f.channel, f.provider, tenant, "retried")
 
     def _next_delay(self, run: _Run, transient: list[SendResult]) -> float | None:
         envelope = run.item.message.envelope

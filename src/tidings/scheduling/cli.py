@@ -317,6 +317,10 @@ def run_scheduler(
     migrate: Annotated[
         bool, typer.Option(help="Apply pending migrations at start (else refuse to start).")
     ] = True,
+    http_port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="Serve /metrics and /health/* on this port."),
+    ] = None,
 ) -> None:
     """Run a scheduler until SIGTERM / SIGINT; run several for availability."""
     cli = _cli()
@@ -325,6 +329,6 @@ def run_scheduler(
         from tidings.scheduling.scheduler import serve
 
         await serve(cli.settings(), name=name, batch=batch, poll_s=poll, grace_s=grace,
-                    migrate=migrate)
+                    migrate=migrate, http_port=http_port)
 
     cli.run(main())

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tidings.app import App
 from tidings.connections import open_database
 from tidings.migrate import check_current, upgrade
+from tidings.observability.scheduling import SchedulerMetrics
 from tidings.scheduling.relay import Checkpoint, Relay
 from tidings.scheduling.tick import TickResult, tick
 from tidings.settings import Settings
@@ -45,6 +46,7 @@ class Scheduler:
 
     ``checkpoint`` is awaited inside a tick's transaction once its fires are written, and
     inside a relay's once its batch is published: a seam for crash tests, None otherwise.
+    ``metrics`` counts the fires and their lateness (a fresh one if not given).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class Scheduler:
         poll_s: float = 1.0,
         grace: timedelta = timedelta(seconds=60),
         checkpoint: Checkpoint | None = None,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         self.app = app
         self.engine = engine
@@ -67,6 +70,7 @@ class Scheduler:
         self.checkpoint = checkpoint
         self.relay = Relay(app, engine, checkpoint=checkpoint)
         self.fired = 0
+        self.metrics = metrics or SchedulerMetrics()
 
     async def tick(self, as_of: datetime | None = None) -> TickResult:
         """Claim and fire one batch of due schedules, in one transaction."""
@@ -77,6 +81,8 @@ class Scheduler:
             if result.claimed and self.checkpoint is not None:
                 await self.checkpoint("tick")
         self.fired += result.fired
+        for late_ms in result.lateness_ms:
+            self.metrics.fired(late_ms / 1000)
         if result.fired:
             log.info(
                 "%s fired %d tick(s) of %d schedule(s), lateness max %.0f ms",
@@ -118,8 +124,10 @@ class Scheduler:
 async def serve(
     settings: Settings, *, name: str | None = None, batch: int = 1000, poll_s: float = 1.0,
     grace_s: float = 60.0, migrate: bool = True, checkpoint: Checkpoint | None = None,
+    http_port: int | None = None, http_host: str = "0.0.0.0",
 ) -> None:
-    """Connect, migrate (or check), and run one scheduler until SIGTERM or SIGINT."""
+    """Connect, migrate (or check), and run one scheduler until SIGTERM or SIGINT; with
+    ``http_port``, serve its /metrics (lateness, fires) and /health/* meanwhile."""
     app = App("scheduler")
     await app.start(settings)
     try:
@@ -137,7 +145,22 @@ async def serve(
                 app, engine, name=name, batch=batch, poll_s=poll_s,
                 grace=timedelta(seconds=grace_s), checkpoint=checkpoint,
             )
-            await scheduler.run(stop)
+            web = None
+            if http_port is not None:
+                from prometheus_client import CollectorRegistry
+
+                from tidings.observability.server import ObservabilityServer
+                from tidings.observability.sources import Sources
+
+                sources = Sources.from_app(app, agents=[], collectors=[scheduler.metrics])
+                web = ObservabilityServer(sources, CollectorRegistry(), host=http_host,
+                                          port=http_port)
+                await web.start()
+            try:
+                await scheduler.run(stop)
+            finally:
+                if web is not None:
+                    await web.stop()
         finally:
             await engine.dispose()
     finally:
