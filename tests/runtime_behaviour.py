@@ -583,6 +583,7 @@ class RuntimeBehaviour:
             await harness.drain()
             assert await pending(app) == 0
         assert sorted(forwarded) == [n * 2 for n in range(25)]
+        assert (jobs.published, doubled.published) == (25, 25)
 
     async def test_a_batch_agent_that_raises_leaves_the_whole_batch_pending(
         self, settings: Settings, connect: Connect

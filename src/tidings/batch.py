@@ -43,11 +43,12 @@ class Outcome:
 class Batch(Generic[T]):
     """The messages of one read, in stream order, and what the handler decided about each."""
 
-    __slots__ = ("_rejected", "_retries", "messages", "outgoing")
+    __slots__ = ("_rejected", "_retries", "messages", "outgoing", "targets")
 
     def __init__(self, messages: list[Message[T]]) -> None:
         self.messages = messages
         self.outgoing: list[tuple[str, dict[bytes, bytes]]] = []
+        self.targets: list[Topic[Any]] = []  # the topic of each outgoing entry
         self._rejected: dict[int, tuple[str, str]] = {}
         self._retries: dict[int, RetryRequest] = {}
 
@@ -98,4 +99,5 @@ class Batch(Generic[T]):
             value, key=key, priority=priority, headers=headers, trace_id=trace_id
         )
         self.outgoing.append((stream, fields))
+        self.targets.append(topic)
         return msg_id

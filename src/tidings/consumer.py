@@ -326,6 +326,8 @@ class PartitionConsumer:
                 stats.handler_seconds.observe(time.perf_counter() - started)
             if batch.outgoing:  # outputs first: a crash before the acks redelivers the inputs
                 await self.transport.add(batch.outgoing)
+                for topic in batch.targets:
+                    topic.published += 1
         except Exception as exc:  # the whole batch stays pending and is redelivered
             if being_cancelled():
                 raise asyncio.CancelledError from exc

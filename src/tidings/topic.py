@@ -53,6 +53,8 @@ class Topic(Generic[T]):
         self.name = name
         self.model = model
         self.partitions = partitions
+        # Messages this process published to the topic (send, send_many, batch outputs).
+        self.published = 0
         self._is_model = isinstance(model, type) and issubclass(model, BaseModel)
         self._lanes: dict[tuple[int, Priority], str] = {}
         # The model's compiled validator, called directly: the classmethod wrapper costs ~20%.
@@ -170,6 +172,7 @@ class Topic(Generic[T]):
             value, key=key, priority=priority, headers=headers, trace_id=trace_id
         )
         await self.app.transport.add([(stream, fields)])
+        self.published += 1
         return msg_id
 
     async def send_many(
@@ -198,4 +201,5 @@ class Topic(Generic[T]):
                 raise PayloadError(f"message {index}: {exc}") from None
         if entries:
             await self.app.transport.add(entries)
+            self.published += len(entries)
         return ids

@@ -82,6 +82,7 @@ async def test_metric_values_after_a_known_workload_are_exact(
     assert found[("tidings_messages_failed_total", agent)] == 0
     assert found[("tidings_partitions_owned", agent)] == 2
     assert found[("tidings_topic_partitions", frozenset({("topic", TOPIC)}))] == 2
+    assert found[("tidings_messages_published_total", frozenset({("topic", TOPIC)}))] == 50
     assert total(found, "tidings_dead_letter_length") == 5
     assert total(found, "tidings_stream_pending") == 0
     assert total(found, "tidings_stream_oldest_pending_age_seconds") == 0

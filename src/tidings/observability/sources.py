@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from redis.asyncio import ConnectionPool, Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -71,8 +72,25 @@ class Sources:
             owners=owners,
             redis_pools=pools,
             heartbeat_window_s=3 * settings.heartbeat_interval_s,
-            collectors=_unique([*collectors, *(c for a in agents for c in a.collectors)]),
+            collectors=_unique([PublishedCollector(app), *collectors,
+                                *(c for a in agents for c in a.collectors)]),
         )
+
+
+class PublishedCollector:
+    """``tidings_messages_published_total{topic}``: what this process published, per topic."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "tidings_messages_published", "Messages this process published to the topic.",
+            labels=["topic"],
+        )
+        for name, topic in sorted(self.app.topics.items()):
+            family.add_metric([name], topic.published)
+        yield family
 
 
 def _unique(collectors: list[Collector]) -> list[Collector]:
