@@ -20,11 +20,12 @@ from pydantic import BaseModel
 from tidings import App, Message, PayloadError, Priority, Reject, Retry, Settings
 from tidings.batch import Batch
 from tidings.consumer import PartitionConsumer
+from tidings.keys import PartitionKeys
 from tidings.message import Envelope, encode, new_id, now_ms
 from tidings.retry import RetryPolicy
 from tidings.streams import RedisTransport
 from tidings.testing import Harness, MemoryTransport, running
-from tidings.transport import Transport
+from tidings.transport import Transport, pack_delayed
 
 TOPIC = "suite.jobs"
 AGENT = "suite.record"
@@ -255,6 +256,37 @@ class RuntimeBehaviour:
             assert len(recorder.calls) == 3
             assert app.agents[AGENT].stats.exhausted == 1
             assert await pending(app) == 0
+
+    async def test_retries_stop_at_the_policy_deadline_counted_from_the_first_failure(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        recorder = Recorder(always_fail)
+        policy = RetryPolicy(strategy="fixed", base=0.05, max_attempts=1000, deadline=0.3)
+        app = build(recorder, partitions=1, retry=policy)
+        async with running(app, settings, transport=connect()) as harness:
+            await app.get_topic(TOPIC).send(Job(n=1))
+            await harness.drain()
+            [dead] = await dead_letters(app)
+        assert dead[b"dead.kind"] == b"exhausted"
+        assert 3 <= len(recorder.calls) <= 8, "about 0.3 s of 50 ms retries, not 1000 attempts"
+        since = {m.headers.get("tidings.failing_since") for m in recorder.calls[1:]}
+        assert len(since) == 1, "every retry counts from the same first failure"
+
+    async def test_a_reader_that_lost_its_entry_adds_no_retry_and_no_dead_letter(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        transport = connect()
+        keys = PartitionKeys(settings.namespace, TOPIC, 0)
+        stream = keys.lane(Priority.NORMAL)
+        await transport.create_group(stream, AGENT)
+        await transport.add([(stream, encode(Envelope(new_id()), b"{}"))])
+        [entry] = await transport.read(AGENT, "a", [(stream, 10)])
+        await transport.ack(stream, AGENT, [entry.id])  # its new owner finished it meanwhile
+        member = pack_delayed(entry.fields or {})
+        await transport.retry_later(stream, AGENT, entry.id, keys.delayed(AGENT), member, 0)
+        await transport.dead_letter(stream, AGENT, entry.id, keys.dead, {b"x": b"1"})
+        assert await transport.promote(keys.delayed(AGENT), keys.retry(AGENT), 10) == (0, None)
+        assert await stream_entries(transport, keys.dead) == []
 
     async def test_a_retry_signal_waits_the_delay_it_asks_for(
         self, settings: Settings, connect: Connect

@@ -25,7 +25,15 @@ from tidings import tracing
 from tidings.agent import Agent
 from tidings.batch import Batch, RetryRequest
 from tidings.errors import PayloadError, Reject, Retry
-from tidings.message import DELAY_HEADER, ERRORS_HEADER, PAYLOAD_FIELD, Message, now_ms
+from tidings.message import (
+    DELAY_HEADER,
+    ERRORS_HEADER,
+    PAYLOAD_FIELD,
+    SINCE_HEADER,
+    Message,
+    failing_for,
+    now_ms,
+)
 from tidings.observability.logs import current_trace
 from tidings.parking import Parking
 from tidings.retry import RetryPolicy
@@ -357,20 +365,22 @@ class PartitionConsumer:
         envelope = message.envelope
         attempt = envelope.attempt
         previous = _float(envelope.headers.get(DELAY_HEADER))
+        elapsed = failing_for(envelope.headers, now_ms())
         if request.count:
-            elapsed = max(0.0, (now_ms() - envelope.created_ms) / 1000)
             delay = policy.next_delay(attempt, elapsed=elapsed, previous=previous,
                                       requested=request.delay)
-            if delay is None:
-                self.agent.stats.exhausted += 1
-                await self._dead_letter(
-                    entry, "exhausted",
-                    f"{request.reason} (gave up after attempt {attempt}: {policy.describe()})",
-                    request.error_type, message,
-                )
-                return
-        else:  # waiting is not the message's fault: the attempt is not used up
+        else:  # waiting is not the message's fault: no attempt used up, but the deadline holds
             delay = request.delay if request.delay is not None else policy.backoff(1)
+            if policy.deadline is not None and elapsed + delay > policy.deadline:
+                delay = None
+        if delay is None:
+            self.agent.stats.exhausted += 1
+            await self._dead_letter(
+                entry, "exhausted",
+                f"{request.reason} (gave up after attempt {attempt}: {policy.describe()})",
+                request.error_type, message,
+            )
+            return
         errors = _history(envelope.headers.get(ERRORS_HEADER))
         errors.append({"attempt": attempt, "at_ms": now_ms(), "type": request.error_type or "",
                        "message": request.reason[:500]})
@@ -378,7 +388,8 @@ class PartitionConsumer:
             envelope,
             attempt=attempt + 1 if request.count else attempt,
             enqueued_ms=now_ms(),
-            headers={**envelope.headers, DELAY_HEADER: f"{delay:.3f}",
+            headers={SINCE_HEADER: str(now_ms()), **envelope.headers,
+                     DELAY_HEADER: f"{delay:.3f}",
                      ERRORS_HEADER: orjson.dumps(errors[-KEPT_ERRORS:]).decode()},
         )
         fields = entry.fields or {}

@@ -23,6 +23,7 @@ PAYLOAD_FIELD = b"d"
 # {attempt, at_ms, type, message}) and the delay it last waited, in seconds.
 ERRORS_HEADER = "tidings.errors"
 DELAY_HEADER = "tidings.delay"
+SINCE_HEADER = "tidings.failing_since"  # Unix ms of the first failure of this run of attempts
 # The ledger message a message belongs to, when that is not its own id (a channel dispatch).
 LEDGER_HEADER = "tidings.message"
 
@@ -55,6 +56,16 @@ def new_ids(count: int, now: int) -> list[str]:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def failing_for(headers: dict[str, str], now: int) -> float:
+    """Seconds since this run of attempts first failed (0 if it has not failed before): what a
+    retry policy's ``deadline`` counts from. A replay starts a new run."""
+    since = headers.get(SINCE_HEADER)
+    try:
+        return max(0.0, (now - int(since)) / 1000) if since else 0.0
+    except ValueError:
+        return 0.0
 
 
 @dataclass(slots=True)

@@ -25,7 +25,7 @@ log = logging.getLogger("tidings.parking")
 _PARK = text("""
 INSERT INTO parked_retries (stream, entry_id, delay_set, member, due_at)
 VALUES (:stream, :entry_id, :delay_set, :member, :due_at)
-ON CONFLICT (stream, entry_id) DO NOTHING
+ON CONFLICT (delay_set, stream, entry_id) DO NOTHING
 """)
 
 _DUE = text("""

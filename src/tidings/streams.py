@@ -47,11 +47,19 @@ return false
 """
 
 # Due times use the server's clock, so workers with skewed clocks agree on when a retry is due.
+# Only if this XACK acked the entry: a reader whose lease lapsed must not add a second retry
+# (or dead letter) of an entry its new owner already handled.
 _RETRY_LATER = """
+if redis.call('xack', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
 local t = redis.call('time')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('zadd', KEYS[1], now + tonumber(ARGV[3]), ARGV[4])
-return redis.call('xack', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+_DEAD_LETTER = """
+if redis.call('xack', KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
+return redis.call('xadd', KEYS[2], '*', unpack(ARGV, 3))
 """
 
 # The delay set and the retry stream share the partition's hash tag: one slot.
@@ -116,6 +124,7 @@ class RedisTransport:
         self._join = client.register_script(_JOIN)
         self._add_once = client.register_script(_ADD_ONCE)
         self._retry_later = client.register_script(_RETRY_LATER)
+        self._dead_letter = client.register_script(_DEAD_LETTER)
         self._promote = client.register_script(_PROMOTE)
 
     async def add(self, entries: Sequence[tuple[str, dict[bytes, bytes]]]) -> list[bytes]:
@@ -244,10 +253,10 @@ class RedisTransport:
     async def dead_letter(
         self, stream: str, group: str, entry_id: bytes, dead_stream: str, fields: dict[bytes, bytes]
     ) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.xadd(dead_stream, fields)  # type: ignore[arg-type]
-        pipe.xack(stream, group, entry_id)
-        await pipe.execute()
+        args: list[bytes | str] = [group, entry_id]
+        for name, value in fields.items():
+            args += [name, value]
+        await self._dead_letter(keys=[stream, dead_stream], args=args)
 
     async def retry_later(
         self, stream: str, group: str, entry_id: bytes, delayed: str, member: bytes,

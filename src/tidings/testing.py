@@ -180,15 +180,19 @@ class MemoryTransport:
     async def dead_letter(
         self, stream: str, group: str, entry_id: bytes, dead_stream: str, fields: dict[bytes, bytes]
     ) -> None:
-        await self.add([(dead_stream, fields)])
-        await self.ack(stream, group, [entry_id])
+        if await self._acked(stream, group, entry_id):
+            await self.add([(dead_stream, fields)])
+
+    async def _acked(self, stream: str, group: str, entry_id: bytes) -> bool:
+        """XACK's answer: whether the entry was pending for the group (and is acked now)."""
+        return self._group(stream, group).pending.pop(parse_id(entry_id), None) is not None
 
     async def retry_later(
         self, stream: str, group: str, entry_id: bytes, delayed: str, member: bytes,
         delay_ms: int,
     ) -> None:
-        self.delayed.setdefault(delayed, {})[member] = self._now_ms() + delay_ms
-        await self.ack(stream, group, [entry_id])
+        if await self._acked(stream, group, entry_id):
+            self.delayed.setdefault(delayed, {})[member] = self._now_ms() + delay_ms
 
     async def schedule(self, entries: Sequence[tuple[str, bytes, int]]) -> None:
         offset = self._now_ms() - time.time() * 1000  # due times are Unix ms; ours monotonic

@@ -94,15 +94,17 @@ class Transport(Protocol):
     async def dead_letter(
         self, stream: str, group: str, entry_id: bytes, dead_stream: str, fields: dict[bytes, bytes]
     ) -> None:
-        """Atomically append to the dead-letter stream and ack the original."""
+        """Atomically ack the original and append to the dead-letter stream; nothing if the
+        entry was no longer pending for ``group`` (another consumer dealt with it)."""
         ...
 
     async def retry_later(
         self, stream: str, group: str, entry_id: bytes, delayed: str, member: bytes,
         delay_ms: int,
     ) -> None:
-        """Atomically park ``member`` (see :func:`pack_delayed`) in the delay set ``delayed``,
-        due ``delay_ms`` from now by the server's clock, and ack the original entry."""
+        """Atomically ack the original entry and park ``member`` (see :func:`pack_delayed`) in
+        the delay set ``delayed``, due ``delay_ms`` from now by the server's clock; nothing if
+        the entry was no longer pending for ``group``."""
         ...
 
     async def schedule(self, entries: Sequence[tuple[str, bytes, int]]) -> None:

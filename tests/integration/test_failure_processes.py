@@ -135,7 +135,7 @@ async def test_a_worker_killed_after_the_provider_call_never_sends_twice(
                 rescuer.close()
     assert len(capture.sms) == 1, "the provider saw one send"
     assert state[0] == "dead"
-    assert "outcome is unknown" in state[1]
+    assert state[1].startswith("outcome unknown: the worker stopped while sending it")
 
 
 async def _exited(worker: WorkerProcess) -> bool:

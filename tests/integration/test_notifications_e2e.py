@@ -23,7 +23,7 @@ from tidings.dlq import DeadLetterRecorder
 from tidings.dlq.edits import parse_edit
 from tidings.dlq.replay import Replayer, ReplayError
 from tidings.dlq.store import DeadLetters, Selection
-from tidings.message import Envelope, Message, Priority, new_id
+from tidings.message import LEDGER_HEADER, Envelope, Message, Priority, encode, new_id
 from tidings.notification import Notification, parse_notification
 from tidings.pipelines import Item
 from tidings.pipelines.ledger import MessageRecord
@@ -376,3 +376,70 @@ async def test_a_send_of_unknown_outcome_is_repeated_with_its_key_on_a_deduplica
     [hook] = world.local.http.webhooks
     assert orjson.loads(hook.body)["id"] == leg_key(n, "webhook", address)
     assert (await world.attempts(msg_id))[("webhook", address)][0] == "sent"
+
+
+async def _letter(world: World, n: Notification, msg_id: str, channel: str) -> int:
+    """Dead-letter a channel stage's dispatch as its consumer would, record it; its id."""
+    app = world.pipeline.app
+    transport = app.transport
+    assert isinstance(transport, RedisTransport)
+    dispatch = Dispatch(message_id=msg_id, notification=n, channels=(channel,),  # type: ignore[arg-type]
+                        mode="fanout", contents={channel: n.content}, accepted_ms=0)  # type: ignore[dict-item]
+    envelope = Envelope(new_id(), key="u-1", headers={LEDGER_HEADER: msg_id})
+    fields = encode(envelope, dispatch.model_dump_json().encode())
+    fields.update({b"dead.kind": b"permanent", b"dead.reason": b"failed",
+                   b"dead.group": f"notify.{channel}".encode()})
+    topic = app.get_topic(f"notifications.{channel}")
+    await transport.client.xadd(topic.keys(0).dead, fields)  # type: ignore[arg-type]
+    recorder = DeadLetterRecorder(transport.client, app.engine, app.namespace, consumer="t")
+    await recorder.record_once()
+    [letter] = await DeadLetters(app.engine).find(Selection(), 10)
+    return int(letter["id"])
+
+
+async def _replayer(world: World) -> Replayer:
+    app = world.pipeline.app
+    assert isinstance(app.transport, RedisTransport)
+    return Replayer(app.engine, app.transport.client, app.namespace, by="ops")
+
+
+async def test_a_plain_replay_does_not_resend_a_leg_whose_outcome_is_unknown(
+    world: World,
+) -> None:
+    n = notification(channels=["sms"])
+    msg_id = new_id()
+    await world.pipeline.services.ledger.claim_idempotency_keys([
+        MessageRecord.from_notification(msg_id, "notifications", n)])
+    await _stale_intent(world, msg_id, "sms", "+14155550123")
+    await _redeliver(world, n, msg_id, "sms")  # its worker died mid-call: dead, not resent
+    letter = await _letter(world, n, msg_id, "sms")
+
+    await (await _replayer(world)).replay_one(letter)
+    await world.harness.drain()
+    assert world.local.http.counts.by_status == {}, "a plain replay does not send it"
+
+    await (await _replayer(world)).replay_one(letter, force=True)
+    await world.harness.drain()
+    assert world.local.http.counts.by_status == {201: 1}, "--force does, once"
+
+
+async def test_replaying_one_channel_s_letter_leaves_the_other_channels_legs_alone(
+    world: World,
+) -> None:
+    n = notification(channels=["sms", "email"])
+    msg_id = new_id()
+    await world.pipeline.services.ledger.claim_idempotency_keys([
+        MessageRecord.from_notification(msg_id, "notifications", n)])
+    async with world.pipeline.app.engine.begin() as conn:
+        await conn.execute(text(
+            "INSERT INTO deliveries (message_id, channel, recipient, state) VALUES"
+            " (:m, 'sms', '+14155550123', 'dead'), (:m, 'email', 'ada@example.com', 'sent')"),
+            {"m": msg_id})
+    letter = await _letter(world, n, msg_id, "sms")
+
+    await (await _replayer(world)).replay_one(letter, force=True)
+    await world.harness.drain()
+    legs = await world.attempts(msg_id)
+    assert legs[("email", "ada@example.com")][0] == "sent"
+    assert legs[("sms", "+14155550123")][0] == "sent"
+    assert not world.local.smtp.messages, "the delivered e-mail was not sent again"

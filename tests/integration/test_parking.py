@@ -123,3 +123,13 @@ async def test_parking_one_entry_twice_keeps_one_row(started: tuple[App, list[in
     for _ in range(2):  # a crash between the insert and the ack parks it again
         await app.parking.park("s", b"1-0", "d", b'{"v":1}\x00{}', 2_000_000_000_000)
     assert len(await parked(app)) == 1
+
+
+async def test_two_agents_parking_a_retry_of_the_same_entry_keep_both(
+    started: tuple[App, list[int]],
+) -> None:
+    app, _ = started
+    assert app.parking is not None
+    for delay_set in ("d:orders.audit", "d:orders.send"):
+        await app.parking.park("s", b"1-0", delay_set, b'{"v":1}\x00{}', 2_000_000_000_000)
+    assert len(await parked(app)) == 2

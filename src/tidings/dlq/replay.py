@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
@@ -23,17 +24,34 @@ from tidings.dlq.letters import REPLAY_HEADER, read_envelope
 from tidings.dlq.store import UnknownDeadLetter
 from tidings.errors import TidingsError
 from tidings.keys import PartitionKeys
-from tidings.message import DELAY_HEADER, LEDGER_HEADER, Envelope, encode, now_ms
+from tidings.message import DELAY_HEADER, LEDGER_HEADER, SINCE_HEADER, Envelope, encode, now_ms
+from tidings.pipelines.sending import UNKNOWN_PREFIX
 from tidings.streams import RedisTransport
 from tidings.tables.dead_letters import dead_letter_replays, dead_letters
 
 _D = dead_letters.c
 MARKER_TTL_MS = 30 * 86_400_000  # longer than any retry of one replay could take
 
+# Only the replayed stage's channels (a letter of one channel must not reset another's legs),
+# and, without --force, never a leg whose send may have happened (outcome unknown).
 _RESET = text("""
 UPDATE deliveries SET state = 'failed', last_error = :why, updated_at = now()
 WHERE message_id = :message_id AND state = ANY(:states)
+  AND (CAST(:channels AS text[]) IS NULL OR channel = ANY(CAST(:channels AS text[])))
+  AND (:force OR last_error IS NULL OR left(last_error, length(:unknown)) <> :unknown)
 """)
+
+
+def _channels(payload: bytes | None) -> list[str] | None:
+    """The channels a channel-stage letter (a dispatch) covers; None: every channel."""
+    try:
+        value = orjson.loads(payload) if payload is not None else None
+    except orjson.JSONDecodeError:
+        return None
+    channels = value.get("channels") if isinstance(value, dict) else None
+    if isinstance(channels, list) and all(isinstance(c, str) for c in channels):
+        return channels
+    return None
 
 
 class ReplayError(TidingsError):
@@ -112,12 +130,14 @@ class Replayer:
             envelope.attempt = 1
             envelope.enqueued_ms = now_ms()
             # A fresh start: attempt 1 and no last delay, but the error history stays.
-            headers = {k: v for k, v in envelope.headers.items() if k != DELAY_HEADER}
+            headers = {k: v for k, v in envelope.headers.items()
+                       if k not in (DELAY_HEADER, SINCE_HEADER)}
             envelope.headers = {**headers, REPLAY_HEADER: str(audit_id)}
             states = ["dead", "sent", "sending"] if force else ["dead"]
             reset = await conn.execute(_RESET, {
                 "why": f"replayed from dead letter {dead_letter_id} by {self.by}",
-                "message_id": ledger_id, "states": states,
+                "message_id": ledger_id, "states": states, "channels": _channels(payload),
+                "force": force, "unknown": UNKNOWN_PREFIX,
             })
             await conn.execute(
                 update(dead_letters).where(_D.id == dead_letter_id)

@@ -175,7 +175,8 @@ class LedgerWriter:
             raise ValueError(f"unknown delivery state {state!r}; use {', '.join(STATES)}")
         if attempt is not None and attempt < 1:
             raise ValueError(f"attempt must be 1 or more, not {attempt}")
-        self._check()
+        if self._closed:
+            raise LedgerError("the ledger writer is closed", rows=0, retained=False)
         at = at or datetime.now(UTC)
         counted = int(state in COUNTED)
         event = EventRow(state, attempt, provider, provider_message_id, error, duration_ms, at,
@@ -188,6 +189,7 @@ class LedgerWriter:
             self._deliveries[key] = row
         else:
             earlier.then(row)
+        self._check()  # an earlier flush's dropped rows, reported once this row is kept
         await self._added()
 
     async def claim_idempotency_keys(self, batch: Sequence[MessageRecord]) -> set[str]:
@@ -288,7 +290,10 @@ class LedgerWriter:
             await self._flush()
         except LedgerError as exc:
             log.error("ledger flush failed: %s", exc)
-            self._failure = exc
+            # Rows still buffered are written by the next flush (which raises if it fails
+            # too); only rows that were dropped must be reported to the next caller.
+            if not exc.retained:
+                self._failure = exc
 
     async def _flush(self) -> None:
         async with self._lock:

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tidings import tracing
-from tidings.message import DELAY_HEADER, now_ms
+from tidings.message import DELAY_HEADER, failing_for, now_ms
 from tidings.notification import Channel
 from tidings.observability.deliveries import PipelineMetrics
 from tidings.observability.logs import current_trace, trace_of
 from tidings.pipelines.graph import Item
 from tidings.pipelines.intents import BUSY, CLAIMED, DeliveryKey, Intents
-from tidings.pipelines.ledger import DeliveryState, LedgerWriter
+from tidings.pipelines.ledger import DeliveryState, LedgerError, LedgerWriter
 from tidings.retry import RetryPolicy
 from tidings.sinks.base import PERMANENT, Delivery, Failure, Provider, SendResult, deliveries
 from tidings.sinks.orchestration import guarded
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 BREAKER_OPEN = "breaker_open"
 OUTCOME_UNKNOWN = "outcome_unknown"
+# Starts the ledger error of a leg whose send may or may not have happened: a plain replay
+# leaves such legs dead (only --force sends them again).
+UNKNOWN_PREFIX = "outcome unknown: "
 
 
 @dataclass
@@ -121,15 +124,9 @@ class Sender:
         traced = tracing.enabled()
         results = await asyncio.gather(
             *(self._send(job, leg, slots, traced) for job, leg in sends))
-        done_ms = now_ms()
-        sent_now: set[int] = set()
-        metrics = self.metrics
-        for (job, _), result in zip(sends, results, strict=True):
-            if _code(result) != BREAKER_OPEN:  # an open breaker made no call
-                metrics.provider_call(result.provider, result.status, result.duration_ms / 1000)
-            await self._record(job.run, result, tally, done_ms)
-            if result.ok:
-                sent_now.add(id(job))
+        await self._record_all(sends, results, tally)
+        sent_now = {id(job) for (job, _), result in zip(sends, results, strict=True)
+                    if result.ok}
         for job in jobs:
             run = job.run
             if run.dispatch.mode == "fallback":  # one delivered leg ends the chain
@@ -152,6 +149,23 @@ class Sender:
                 "tidings.attempt": job.run.item.message.envelope.attempt,
             }):
                 return await guarded(job.provider, leg)
+
+    async def _record_all(self, sends: list[tuple[_Job, Delivery]],
+                          results: list[SendResult], tally: Tally) -> None:
+        """Record every outcome, even if a flush fails on the way (the rows stay buffered):
+        a send whose 'sent' is lost would look like an outcome unknown later."""
+        done_ms = now_ms()
+        unwritten: LedgerError | None = None
+        for (job, _), result in zip(sends, results, strict=True):
+            if _code(result) != BREAKER_OPEN:  # an open breaker made no call
+                self.metrics.provider_call(result.provider, result.status,
+                                           result.duration_ms / 1000)
+            try:
+                await self._record(job.run, result, tally, done_ms)
+            except LedgerError as exc:
+                unwritten = unwritten or exc
+        if unwritten is not None:
+            raise unwritten
 
     async def _job(self, run: _Run, channel: Channel, tally: Tally) -> _Job | None:
         n = run.dispatch.notification
@@ -187,7 +201,7 @@ class Sender:
                 unknown = SendResult(
                     job.provider.name, job.channel, leg.address, leg.idempotency_key,
                     time.time(), 0.0, failure=Failure(
-                        PERMANENT, "the worker stopped while sending it: the outcome is unknown"
+                        PERMANENT, UNKNOWN_PREFIX + "the worker stopped while sending it"
                         f" and {job.provider.name!r} cannot deduplicate, so it is not sent again;"
                         " replay it with --force to send anyway", code=OUTCOME_UNKNOWN),
                 )
@@ -227,13 +241,16 @@ class Sender:
             return
         item = run.item
         if run.busy:
-            item.retry("another worker is sending it", delay=self.busy_wait_s, count=False)
+            if not await self._expired(run, self.busy_wait_s, tally):
+                item.retry("another worker is sending it", delay=self.busy_wait_s, count=False)
             return
         failures = run.failures
         reason = "; ".join(f"{f.channel} via {f.provider}: {_reason(f)}" for f in failures)
         transient = [f for f in failures if f.failure is not None and f.failure.transient]
         if transient and all(_code(f) == BREAKER_OPEN for f in transient):
             wait = max(f.failure.retry_after or 1.0 for f in transient if f.failure)
+            if await self._expired(run, wait, tally):
+                return
             item.retry(reason, delay=wait, count=False, error_type=BREAKER_OPEN)
             tally.count("*", "waiting")
             self._count_retried(run, transient)
@@ -250,6 +267,17 @@ class Sender:
             kind = "exhausted"
         await self._bury(run, tally)
         item.reject(reason or "nothing could be sent", kind=kind)
+
+    async def _expired(self, run: _Run, wait: float, tally: Tally) -> bool:
+        """Past the policy's deadline after ``wait``: the legs are dead, the message a dead
+        letter (waits that use up no attempt still end at the deadline)."""
+        deadline = self.policy_for(run.dispatch).deadline
+        envelope = run.item.message.envelope
+        if deadline is None or failing_for(envelope.headers, now_ms()) + wait <= deadline:
+            return False
+        await self._bury(run, tally)
+        run.item.reject(f"still waiting after the {deadline:.0f}s deadline", kind="exhausted")
+        return True
 
     async def _bury(self, run: _Run, tally: Tally) -> None:
         """Mark the run's failed legs dead: nothing will try them again."""
@@ -273,7 +301,7 @@ class Sender:
         previous = envelope.headers.get(DELAY_HEADER)
         return self.policy_for(run.dispatch).next_delay(
             envelope.attempt,
-            elapsed=max(0.0, (now_ms() - envelope.created_ms) / 1000),
+            elapsed=failing_for(envelope.headers, now_ms()),
             previous=float(previous) if previous else None,
             requested=max(asked) if asked else None,
         )

@@ -1,7 +1,7 @@
 """Retries due far in the future, held in PostgreSQL instead of a Redis delay set.
 
-A row is keyed by the stream entry it retries, so parking the same entry twice (a crash between
-the insert and the ack) keeps one row.
+A row is keyed by the group's delay set and the stream entry it retries, so parking the same
+entry twice (a crash between the insert and the ack) keeps one row.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ parked_retries = Table(
     Column("member", LargeBinary, nullable=False),  # the delay-set member: header NUL payload
     Column("due_at", DateTime(timezone=True), nullable=False),
     timestamp("created_at"),
-    UniqueConstraint("stream", "entry_id"),
+    # Per group: two agents of one topic may both park a retry of the same entry.
+    UniqueConstraint("delay_set", "stream", "entry_id"),
     Index("ix_parked_retries_due_at", "due_at"),
 )

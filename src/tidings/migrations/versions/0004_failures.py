@@ -129,7 +129,8 @@ def _parked() -> None:
         sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
         _now("created_at"),
         sa.PrimaryKeyConstraint("id", name="pk_parked_retries"),
-        sa.UniqueConstraint("stream", "entry_id", name="uq_parked_retries_stream_entry_id"),
+        sa.UniqueConstraint("delay_set", "stream", "entry_id",
+                            name="uq_parked_retries_delay_set_stream_entry_id"),
     )
     op.create_index("ix_parked_retries_due_at", "parked_retries", ["due_at"])
 
