@@ -146,8 +146,12 @@ class Worker:
         await self.http.start()
 
     def _start_recorder(self) -> None:
-        """Copy dead letters into PostgreSQL (every worker with a database runs one)."""
+        """Bring parked retries back when due, and copy dead letters into PostgreSQL (every
+        worker with a database does both)."""
         transport = self.app.transport
+        if self.app.parking is not None:
+            self._unparking = asyncio.create_task(self.app.parking.run(transport),
+                                                  name="unpark-retries")
         if not self.database or not isinstance(transport, RedisTransport):
             return
         from tidings.dlq import DeadLetterRecorder
@@ -155,9 +159,6 @@ class Worker:
         self.recorder = DeadLetterRecorder(transport.client, self.app.engine,
                                            self.settings.namespace, consumer=self.consumer)
         self._recording = asyncio.create_task(self.recorder.run(), name="dlq-recorder")
-        if self.app.parking is not None:
-            self._unparking = asyncio.create_task(self.app.parking.run(transport),
-                                                  name="unpark-retries")
 
     async def _stop_recorder(self) -> None:
         if self.app.parking is not None and self._unparking is not None:

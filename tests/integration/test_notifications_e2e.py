@@ -31,6 +31,7 @@ from tidings.pipelines.notifications import Dispatch, NotificationPipeline, buil
 from tidings.pipelines.preferences import Preferences, QuietHours
 from tidings.retry import RetryPolicies, RetryPolicy
 from tidings.sinks import build_providers, leg_key
+from tidings.sinks.base import TRANSIENT, Delivery, Failure, SendResult, Stopwatch
 from tidings.streams import RedisTransport
 from tidings.testing import Harness, running
 
@@ -443,3 +444,33 @@ async def test_replaying_one_channel_s_letter_leaves_the_other_channels_legs_alo
     assert legs[("email", "ada@example.com")][0] == "sent"
     assert legs[("sms", "+14155550123")][0] == "sent"
     assert not world.local.smtp.messages, "the delivered e-mail was not sent again"
+
+
+class LostReply:
+    """An SMS provider whose every request may have arrived: the reply never came."""
+
+    name, channel = "lost-reply", "sms"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        self.calls += 1
+        return Stopwatch(self.name, delivery).failed(Failure(
+            TRANSIENT, "no reply in time (ReadTimeout)", code="timeout", maybe_delivered=True))
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+
+
+async def test_a_send_that_may_have_arrived_is_not_retried_on_a_provider_that_cannot_dedupe(
+    world: World,
+) -> None:
+    lost = LostReply()
+    world.pipeline.services.sender.providers["sms"] = lost
+    msg_id = await world.pipeline.publish(notification(channels=["sms"]))
+    await world.harness.drain()
+    assert lost.calls == 1
+    assert await world.attempts(msg_id) == {("sms", "+14155550123"): ("dead", 1)}
+    [dead] = await world.dead_letters("notifications.sms")
+    assert dead[b"dead.reason"].startswith(b"sms via lost-reply: outcome unknown: no reply")

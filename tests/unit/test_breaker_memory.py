@@ -247,3 +247,14 @@ async def test_closing_the_failover_closes_every_provider(breakers: CircuitBreak
     a, b = Fake("a"), Fake("b")
     await FailoverProvider([a, b], breakers).aclose()
     assert [a.closed, b.closed] == [True, True]
+
+
+async def test_a_send_that_may_have_arrived_does_not_fail_over_to_another_account(
+    breakers: CircuitBreakers,
+) -> None:
+    lost_reply = Failure(TRANSIENT, "no reply in time (ReadTimeout)", code="timeout",
+                         maybe_delivered=True)
+    a, b = Fake("a", lost_reply), Fake("b")
+    result = await FailoverProvider([a, b], breakers).send(DELIVERY)
+    assert (result.ok, result.provider) == (False, "a")
+    assert b.calls == 0, "the second account could deliver it a second time"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from tidings import tracing
@@ -244,7 +244,7 @@ class Sender:
             if not await self._expired(run, self.busy_wait_s, tally):
                 item.retry("another worker is sending it", delay=self.busy_wait_s, count=False)
             return
-        failures = run.failures
+        failures = run.failures = [self._unless_ambiguous(f) for f in run.failures]
         reason = "; ".join(f"{f.channel} via {f.provider}: {_reason(f)}" for f in failures)
         transient = [f for f in failures if f.failure is not None and f.failure.transient]
         if transient and all(_code(f) == BREAKER_OPEN for f in transient):
@@ -267,6 +267,20 @@ class Sender:
             kind = "exhausted"
         await self._bury(run, tally)
         item.reject(reason or "nothing could be sent", kind=kind)
+
+    def _unless_ambiguous(self, result: SendResult) -> SendResult:
+        """A transient failure after which the message may have arrived (no reply) is not
+        retried on a provider that cannot deduplicate: it is an outcome unknown."""
+        failure = result.failure
+        if failure is None or not failure.transient or not failure.maybe_delivered:
+            return result
+        provider = self.providers.get(result.channel)
+        if provider is not None and idempotent(provider):
+            return result
+        return replace(result, failure=Failure(
+            PERMANENT, f"{UNKNOWN_PREFIX}{failure.reason}; not retried because"
+            f" {result.provider!r} cannot deduplicate; replay it with --force to send anyway",
+            code=OUTCOME_UNKNOWN))
 
     async def _expired(self, run: _Run, wait: float, tally: Tally) -> bool:
         """Past the policy's deadline after ``wait``: the legs are dead, the message a dead

@@ -36,6 +36,9 @@ class Failure:
     """The address itself is dead (unknown number, unregistered device token, 550 mailbox)."""
     retry_after: float | None = None
     """Seconds the provider asked us to wait (``Retry-After``), if it said."""
+    maybe_delivered: bool = False
+    """The request may have reached the provider (sent, then no reply): sending it again
+    could deliver it twice, unless the provider deduplicates by our idempotency key."""
 
     @property
     def transient(self) -> bool:

@@ -62,7 +62,9 @@ def classify(exc: Exception) -> Failure:
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return _response_failure(exc, isinstance(exc, aiosmtplib.SMTPRecipientRefused))
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
-        return Failure(TRANSIENT, f"SMTP server did not answer in time: {exc}", code="timeout")
+        # No answer while connecting: nothing was sent; later (e.g. after DATA) it may have been.
+        return Failure(TRANSIENT, f"SMTP server did not answer in time: {exc}", code="timeout",
+                       maybe_delivered=not isinstance(exc, aiosmtplib.SMTPConnectTimeoutError))
     if isinstance(exc, ssl.SSLCertVerificationError):
         return Failure(PERMANENT, f"SMTP server certificate not trusted: {exc.verify_message}; "
                        "set TIDINGS_SMTP_CA_FILE", code="tls")

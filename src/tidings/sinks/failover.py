@@ -149,6 +149,9 @@ class FailoverProvider:
             if not against:
                 return result  # sent, or failed for the message's own reasons
             failed = result
+            maybe_sent = result.failure is not None and result.failure.maybe_delivered
+            if maybe_sent and not getattr(provider, "idempotent", False):
+                break  # another account could deliver it a second time: let the caller decide
         return failed if failed is not None else self._all_open(delivery, waits)
 
     def _all_open(self, delivery: Delivery, waits: list[tuple[str, float]]) -> SendResult:

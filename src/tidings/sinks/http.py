@@ -22,13 +22,18 @@ async def post(client: httpx.AsyncClient, url: str, **kwargs: Any) -> httpx.Resp
     try:
         return await client.post(url, **kwargs)
     except httpx.TimeoutException as exc:
+        # Connecting or waiting for a pooled connection: nothing was sent. Otherwise it may.
+        sent = not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
         return Failure(TRANSIENT, f"no reply in time ({type(exc).__name__}) from {url}",
-                       code="timeout")
+                       code="timeout", maybe_delivered=sent)
     except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
         return Failure(PERMANENT, f"unusable provider URL {url!r}: {exc}", code="bad_url")
     except httpx.HTTPError as exc:
         detail = str(exc) or type(exc).__name__
-        return Failure(TRANSIENT, f"could not reach {url}: {detail}", code="connection")
+        # The connection broke after the request went out (no reply): it may have arrived.
+        sent = isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError)
+        return Failure(TRANSIENT, f"could not reach {url}: {detail}", code="connection",
+                       maybe_delivered=sent)
 
 
 def snippet(body: bytes, limit: int = 120) -> str:
