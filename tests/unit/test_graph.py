@@ -166,3 +166,39 @@ async def test_a_step_that_loses_an_item_dead_letters_its_message() -> None:
         dead = await app.transport.length(intake.keys(0).dead)
     assert dead == 1
     assert app.agents["g.leaky"].stats.rejected == 1
+
+
+async def test_a_message_retried_as_a_whole_publishes_its_outputs_once() -> None:
+    app = App("g")
+    intake = app.topic("g.intake", model=Note, partitions=1)
+    email = app.topic("g.email", model=Note, partitions=1)
+    sms = app.topic("g.sms", model=Note, partitions=1)
+    sent: list[tuple[str, str]] = []
+
+    async def fan_out_sms_failing_once(items: list[Item]) -> list[Item]:
+        out = []
+        for item in items:
+            for channel in ("email", "sms"):
+                split = item.split(item.value)
+                if channel == "sms" and item.message.envelope.attempt == 1:
+                    split.retry("sms gateway busy", delay=0.01)
+                else:
+                    split.route(channel)
+                out.append(split)
+        return out
+
+    async def record(items: list[Item]) -> list[Item]:
+        sent.extend(("", i.value.text) for i in items)
+        return items
+
+    pipeline = Pipeline(app, "g")
+    pipeline.stage("route", source=intake, steps=[fan_out_sms_failing_once],
+                   outputs={"email": email, "sms": sms})
+    pipeline.stage("email", source=email, steps=[record], terminal=True)
+    pipeline.stage("sms", source=sms, steps=[record], terminal=True)
+    pipeline.build()
+    async with running(app, Settings(namespace="g", block_ms=20)) as harness:
+        await intake.send(Note(text="a"))
+        await harness.drain()
+    assert (email.published, sms.published) == (1, 1), "the e-mail went out once, not twice"
+    assert len(sent) == 2

@@ -228,6 +228,9 @@ def _runner(stage: Stage) -> Callable[[Batch[Any]], Awaitable[None]]:
         dropped = [i for i in items if i.dropped is not None]
         if dropped and stage.on_drop is not None:
             await stage.on_drop(dropped)
+        # A message retried or rejected as a whole publishes none of its items' outputs: the
+        # stage runs again for it (or never), and would publish them twice.
+        held = {id(i.message) for i in items if i.rejected is not None or i.retrying is not None}
         for item in items:
             if item.rejected is not None:
                 batch.reject(item.message, item.rejected[0], kind=item.rejected[1])
@@ -235,7 +238,7 @@ def _runner(stage: Stage) -> Callable[[Batch[Any]], Awaitable[None]]:
                 r = item.retrying
                 batch.retry(item.message, r.reason, delay=r.delay, error_type=r.error_type,
                             policy=r.policy, count=r.count)
-            elif item.dropped is None:
+            elif item.dropped is None and id(item.message) not in held:
                 _dispatch(stage, batch, item)
 
     run_stage.__name__ = f"stage_{stage.name}"
