@@ -474,3 +474,51 @@ async def test_a_send_that_may_have_arrived_is_not_retried_on_a_provider_that_ca
     assert await world.attempts(msg_id) == {("sms", "+14155550123"): ("dead", 1)}
     [dead] = await world.dead_letters("notifications.sms")
     assert dead[b"dead.reason"].startswith(b"sms via lost-reply: outcome unknown: no reply")
+
+
+class Stuck:
+    """An SMS provider whose calls never return (until cancelled)."""
+
+    name, channel = "stuck", "sms"
+
+    def __init__(self) -> None:
+        self.calls = asyncio.Event()
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        self.calls.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+
+
+async def test_legs_whose_provider_was_never_called_are_given_back_when_interrupted(
+    world: World,
+) -> None:
+    sender = world.pipeline.services.sender
+    stuck = Stuck()
+    sender.providers["sms"], sender.concurrency = stuck, 1  # one call at a time
+    items, ids = [], []
+    for phone in ("+14155550101", "+14155550102"):
+        n = notification(channels=["sms"], recipient={"user_id": "u-1", "phone": phone})
+        msg_id = new_id()
+        await world.pipeline.services.ledger.claim_idempotency_keys([
+            MessageRecord.from_notification(msg_id, "notifications", n)])
+        dispatch = Dispatch(message_id=msg_id, notification=n, channels=("sms",),
+                            mode="fanout", contents={"sms": n.content},  # type: ignore[dict-item]
+                            accepted_ms=0)
+        message = Message(dispatch, Envelope(id=new_id()), "1-0", 0)
+        items.append(Item(message, dispatch, None, Priority.NORMAL))
+        ids.append(msg_id)
+
+    delivering = asyncio.create_task(world.pipeline.deliver(items))
+    await asyncio.wait_for(stuck.calls.wait(), 10)
+    delivering.cancel()  # the shutdown deadline
+    with pytest.raises(asyncio.CancelledError):
+        await delivering
+
+    first, second = [await world.attempts(i) for i in ids]
+    states = sorted([*first.values(), *second.values()])
+    assert states == [("failed", 0), ("sending", 0)], "the called leg stays unknown, the other"\
+        " is free to be sent by the redelivery"

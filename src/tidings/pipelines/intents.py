@@ -50,6 +50,16 @@ LEFT JOIN claimed USING (message_id, channel, recipient)
 """)
 
 
+_RELEASE = text("""
+UPDATE deliveries AS d SET state = 'failed', updated_at = now(),
+       last_error = 'not sent: interrupted before its provider was called'
+FROM unnest(CAST(:message_id AS text[]), CAST(:channel AS text[]), CAST(:recipient AS text[]))
+     AS r(message_id, channel, recipient)
+WHERE d.message_id = r.message_id AND d.channel = r.channel AND d.recipient = r.recipient
+  AND d.state = 'sending'
+""")
+
+
 class Intents:
     """Claims delivery legs before they are sent, one statement per batch."""
 
@@ -57,6 +67,17 @@ class Intents:
         self._engine = engine
         # A 'sending' row older than this belongs to a worker that died mid-send.
         self._stale_s = stale_after_s
+
+    async def release(self, legs: Sequence[DeliveryKey]) -> None:
+        """Give back claimed legs whose provider was never called (the batch was interrupted):
+        they are retried like a failure, not mistaken later for an outcome unknown."""
+        if legs:
+            async with self._engine.begin() as conn:
+                await conn.execute(_RELEASE, {
+                    "message_id": [leg[0] for leg in legs],
+                    "channel": [leg[1] for leg in legs],
+                    "recipient": [leg[2] for leg in legs],
+                })
 
     async def claim(self, legs: Sequence[DeliveryKey]) -> dict[DeliveryKey, str]:
         """For each leg: CLAIMED, BUSY, or the state it was already in: 'sent', 'filtered',

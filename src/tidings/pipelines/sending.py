@@ -122,8 +122,15 @@ class Sender:
         for job in jobs:
             sends += await self._triage(job, claims, tally)
         traced = tracing.enabled()
-        results = await asyncio.gather(
-            *(self._send(job, leg, slots, traced) for job, leg in sends))
+        called: set[int] = set()
+        try:
+            results = await asyncio.gather(
+                *(self._send(job, leg, slots, traced, called) for job, leg in sends))
+        except BaseException:  # cancelled (shutdown deadline) or broken: free the unsent legs
+            unsent = [(j.run.dispatch.message_id, j.channel, leg.address)
+                      for j, leg in sends if id(leg) not in called]
+            await asyncio.shield(self.intents.release(unsent))
+            raise
         await self._record_all(sends, results, tally)
         sent_now = {id(job) for (job, _), result in zip(sends, results, strict=True)
                     if result.ok}
@@ -136,11 +143,12 @@ class Sender:
                     f.channel == job.channel for f in run.failures)
 
     async def _send(self, job: _Job, leg: Delivery, slots: asyncio.Semaphore,
-                    traced: bool) -> SendResult:
+                    traced: bool, called: set[int]) -> SendResult:
         # Each send is a task of its own (gather): what its provider logs names the message.
         trace = trace_of(job.run.item.message)
         current_trace.set(trace)
         async with slots:
+            called.add(id(leg))  # from here its outcome may be unknown
             if not traced:
                 return await guarded(job.provider, leg)
             with tracing.span(f"tidings.send {job.channel}", trace, {
