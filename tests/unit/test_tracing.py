@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -94,3 +97,14 @@ async def test_a_handled_message_leaves_a_span_in_its_own_trace(
     assert (first.attributes or {})["tidings.attempt"] == 1
     assert (second.attributes or {})["tidings.attempt"] == 2
     assert [e.name for e in first.events] == ["exception"]
+
+
+def test_an_otlp_endpoint_in_the_environment_installs_an_exporting_provider() -> None:
+    # In a child process: a process's global tracer provider can be set only once.
+    code = ("from tidings import tracing; configured = tracing.configure_from_env();"
+            " print(configured, tracing.enabled())")
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+           "OTEL_SERVICE_NAME": "tidings-test"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["True", "True"]
