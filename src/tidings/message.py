@@ -26,6 +26,8 @@ DELAY_HEADER = "tidings.delay"
 SINCE_HEADER = "tidings.failing_since"  # Unix ms of the first failure of this run of attempts
 # The ledger message a message belongs to, when that is not its own id (a channel dispatch).
 LEDGER_HEADER = "tidings.message"
+# Set on a message replayed from the dead letters: the id of its replay's audit row.
+REPLAY_HEADER = "tidings.replay"
 
 T = TypeVar("T")
 

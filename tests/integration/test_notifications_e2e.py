@@ -522,3 +522,22 @@ async def test_legs_whose_provider_was_never_called_are_given_back_when_interrup
     states = sorted([*first.values(), *second.values()])
     assert states == [("failed", 0), ("sending", 0)], "the called leg stays unknown, the other"\
         " is free to be sent by the redelivery"
+
+
+async def test_a_chain_that_delivers_on_a_later_attempt_ends_the_legs_it_no_longer_needs(
+    world: World,
+) -> None:
+    await world.pipeline.services.preferences.put(
+        Preferences(user_id="u-6", tenant="default", channel_order=("push", "sms"))
+    )
+    world.local.http.fault("push", status=503, times=1)  # attempt 1: push fails, then sms
+    world.local.http.fault("sms", status=503, times=1)
+    msg_id = await world.pipeline.publish(notification(
+        channels="auto", recipient={"user_id": "u-6", "phone": "+14155550128",
+                                    "device_tokens": ["device-6"]},
+    ))
+    await world.harness.drain()  # attempt 2: push delivers, sms is not needed any more
+    legs = await world.attempts(msg_id)
+    assert legs[("push", "device-6")] == ("sent", 2)
+    assert legs[("sms", "+14155550128")][0] == "dead"
+    assert len(world.local.http.sms) == 0

@@ -17,9 +17,6 @@ from tidings.errors import PayloadError
 from tidings.message import ERRORS_HEADER, HEADER_FIELD, PAYLOAD_FIELD, Envelope
 from tidings.tables.dead_letters import DEAD_KINDS
 
-# Set on a replayed message: the id of its audit row in dead_letter_replays.
-REPLAY_HEADER = "tidings.replay"
-
 # Order matters: a uuid or an e-mail holds hex runs and numbers of its own.
 _PLACEHOLDERS = (
     (re.compile(r"\b[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}\b", re.I), "<uuid>"),

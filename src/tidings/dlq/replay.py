@@ -20,11 +20,19 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.dlq.edits import Edit, apply_edits
-from tidings.dlq.letters import REPLAY_HEADER, read_envelope
+from tidings.dlq.letters import read_envelope
 from tidings.dlq.store import UnknownDeadLetter
 from tidings.errors import TidingsError
 from tidings.keys import PartitionKeys
-from tidings.message import DELAY_HEADER, LEDGER_HEADER, SINCE_HEADER, Envelope, encode, now_ms
+from tidings.message import (
+    DELAY_HEADER,
+    LEDGER_HEADER,
+    REPLAY_HEADER,
+    SINCE_HEADER,
+    Envelope,
+    encode,
+    now_ms,
+)
 from tidings.pipelines.sending import UNKNOWN_PREFIX
 from tidings.streams import RedisTransport
 from tidings.tables.dead_letters import dead_letter_replays, dead_letters

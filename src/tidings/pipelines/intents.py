@@ -60,6 +60,15 @@ WHERE d.message_id = r.message_id AND d.channel = r.channel AND d.recipient = r.
 """)
 
 
+_SUPERSEDE = text("""
+UPDATE deliveries AS d SET state = 'dead', updated_at = now(),
+       last_error = coalesce(d.last_error || '; ', '')
+                    || 'superseded: the fallback chain delivered on an earlier channel'
+FROM unnest(CAST(:message_id AS text[]), CAST(:channel AS text[])) AS s(message_id, channel)
+WHERE d.message_id = s.message_id AND d.channel = s.channel AND d.state = 'failed'
+""")
+
+
 class Intents:
     """Claims delivery legs before they are sent, one statement per batch."""
 
@@ -78,6 +87,13 @@ class Intents:
                     "channel": [leg[1] for leg in legs],
                     "recipient": [leg[2] for leg in legs],
                 })
+
+    async def supersede(self, channels: Sequence[tuple[str, str]]) -> None:
+        """End the 'failed' legs of (message, channel)s a fallback chain no longer needs."""
+        if channels:
+            async with self._engine.begin() as conn:
+                await conn.execute(_SUPERSEDE, {"message_id": [c[0] for c in channels],
+                                                "channel": [c[1] for c in channels]})
 
     async def claim(self, legs: Sequence[DeliveryKey]) -> dict[DeliveryKey, str]:
         """For each leg: CLAIMED, BUSY, or the state it was already in: 'sent', 'filtered',

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from tidings import tracing
-from tidings.message import DELAY_HEADER, failing_for, now_ms
+from tidings.message import DELAY_HEADER, REPLAY_HEADER, failing_for, now_ms
 from tidings.notification import Channel
 from tidings.observability.deliveries import PipelineMetrics
 from tidings.observability.logs import current_trace, trace_of
@@ -104,6 +104,13 @@ class Sender:
                 await self._settle(run, tally)
             finally:
                 current_trace.reset(trace)
+        # A chain that delivered before its end this time may have left later channels' legs
+        # 'failed' on an earlier attempt: they are over now.
+        await self.intents.supersede([
+            (run.dispatch.message_id, channel) for run in runs
+            if run.delivered and run.dispatch.mode == "fallback" and _again(run)
+            for channel in run.channels
+        ])
         return items
 
     async def _wave(self, runs: list[_Run], tally: Tally) -> None:
@@ -327,6 +334,13 @@ class Sender:
             previous=float(previous) if previous else None,
             requested=max(asked) if asked else None,
         )
+
+
+def _again(run: _Run) -> bool:
+    """Whether an earlier attempt of this dispatch may have left ledger legs behind."""
+    message = run.item.message
+    return message.envelope.attempt > 1 or message.deliveries > 1 or (
+        REPLAY_HEADER in message.headers)
 
 
 def _code(result: SendResult) -> str | None:
