@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
+from sqlalchemy.exc import ProgrammingError
 
 from processes import Servers, WorkerProcess, drop_schema
 from tidings import App, Settings
@@ -21,6 +22,7 @@ from tidings.capture.local import TWILIO_SID, TWILIO_TOKEN
 from tidings.database import create_engine
 from tidings.keys import PartitionKeys
 from tidings.pipelines.notifications import build
+from tidings.sinks.breaker import BreakerState, RedisBreakerStore
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
@@ -151,9 +153,92 @@ async def _state_of(servers: Servers, message_id: str) -> tuple[str, str]:
                 "SELECT state, coalesce(last_error, '') FROM deliveries WHERE message_id = :m"
             ), {"m": message_id})).one_or_none()
             return ("", "") if row is None else (row[0], row[1])
+    except ProgrammingError:  # the worker has not created the tables yet
+        return ("", "")
     finally:
         await engine.dispose()
 
 
 async def _is_dead(servers: Servers, message_id: str) -> bool:
     return (await _state_of(servers, message_id))[0] == "dead"
+
+
+# -- a circuit breaker shared by two pipeline worker processes --------------------------------
+
+
+async def _sent(servers: Servers, message_id: str) -> bool:
+    return (await _state_of(servers, message_id))[0] == "sent"
+
+
+async def test_the_pipeline_s_breaker_is_shared_by_its_workers_and_fails_over_and_back(
+    servers: Servers,
+) -> None:
+    """Worker one opens the primary SMS account's breaker; worker two, which never called it,
+    goes straight to the failover account; when the primary recovers, a half-open trial
+    closes the breaker and traffic returns to it. Every notification is sent once."""
+    min_calls = 4
+    breaker = f'{{"min_calls": {min_calls}, "open_s": 8, "half_open_calls": 1}}'
+    credentials = (TWILIO_SID, TWILIO_TOKEN)
+    async with HttpCapture(twilio_credentials=credentials) as primary, \
+            HttpCapture(twilio_credentials=credentials) as backup:
+        primary.fault("sms", status=503, times=None)
+        env = {"TIDINGS_TWILIO_BASE_URL": primary.url,
+               "TIDINGS_TWILIO_FAILOVER_BASE_URL": backup.url,
+               "TIDINGS_TWILIO_ACCOUNT_SID": TWILIO_SID, "TIDINGS_TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+               "TIDINGS_TWILIO_FAILOVER_ACCOUNT_SID": TWILIO_SID,
+               "TIDINGS_TWILIO_FAILOVER_AUTH_TOKEN": TWILIO_TOKEN,
+               "TIDINGS_TWILIO_FROM": "+15005550006", "TIDINGS_BREAKER": breaker}
+        app_path = "tidings.pipelines.notifications:app"
+        producer = build("producer")
+        await producer.app.start(Settings(redis_url=servers.redis_url,
+                                          namespace=servers.namespace, partitions=2),
+                                 database=False)
+        workers: list[WorkerProcess] = []
+        sent_ids: list[str] = []
+        redis = Redis.from_url(servers.redis_url)
+        store = RedisBreakerStore(redis, servers.namespace)
+
+        async def send_one(n: int, worker: WorkerProcess) -> None:
+            msg_id = await producer.publish({
+                "type": "order.shipped", "channels": ["sms"],
+                "recipient": {"user_id": f"u-{n}", "phone": f"+1415555{n:04d}"},
+                "content": {"body": f"Order {n} is on its way"},
+            })
+            await eventually(lambda: _sent(servers, msg_id), 60, worker)
+            sent_ids.append(msg_id)
+
+        try:
+            one = WorkerProcess(servers, app_path, "one", **env)
+            workers.append(one)
+            for n in range(min_calls + 2):  # one at a time: the breaker sees each answer
+                await send_one(n, one)
+            assert primary.counts.by_status == {503: min_calls}, "opened after min_calls"
+            one.stop(signal.SIGTERM)
+            assert await asyncio.to_thread(one.wait, 30) == 0
+
+            two = WorkerProcess(servers, app_path, "two", **env)
+            workers.append(two)
+            for n in range(10, 13):
+                await send_one(n, two)
+            assert primary.counts.by_status == {503: min_calls}, "worker two found it open"
+
+            primary.clear_faults()  # the primary recovers
+            assert await store.state("twilio") == BreakerState.OPEN
+
+            async def half_open() -> bool:  # open_s has passed: the next call is a trial
+                return await store.state("twilio") == BreakerState.HALF_OPEN
+
+            await eventually(half_open, 30, two)
+            for n in range(20, 24):
+                await send_one(n, two)
+            assert await store.state("twilio") == BreakerState.CLOSED
+        finally:
+            await producer.app.stop()
+            await redis.aclose()
+            for worker in workers:
+                worker.close()
+        to_backup = len(backup.sms)
+        to_primary = len(primary.sms)
+    assert to_primary == 4, "the trial closed the breaker; traffic is back on the primary"
+    assert to_backup == min_calls + 2 + 3, "everything else went to the failover account"
+    assert len(sent_ids) == to_primary + to_backup, "each notification sent exactly once"
