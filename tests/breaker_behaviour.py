@@ -130,10 +130,10 @@ class BreakerBehaviour:
     async def test_as_many_trial_successes_as_trial_calls_close_it(
             self, store: BreakerStore, clock: FakeClock) -> None:
         await half_open(store, clock)
-        for _ in range(CONFIG.half_open_calls):
-            await store.allow(NAME, CONFIG)
-        assert await store.record(NAME, CONFIG, ok=True, trial=True) is None
-        closed = await store.record(NAME, CONFIG, ok=True, trial=True)
+        permits = [await store.allow(NAME, CONFIG) for _ in range(CONFIG.half_open_calls)]
+        assert await store.record(NAME, CONFIG, ok=True, trial=True,
+                                  round=permits[0].round) is None
+        closed = await store.record(NAME, CONFIG, ok=True, trial=True, round=permits[1].round)
         assert closed == Transition(NAME, HALF_OPEN, CLOSED)
         assert await store.state(NAME) is CLOSED
 
@@ -142,19 +142,32 @@ class BreakerBehaviour:
         await record_all(store, "..xx")
         clock.advance(CONFIG.open_s)
         for _ in range(CONFIG.half_open_calls):
-            await store.allow(NAME, CONFIG)
-            await store.record(NAME, CONFIG, ok=True, trial=True)
+            permit = await store.allow(NAME, CONFIG)
+            await store.record(NAME, CONFIG, ok=True, trial=True, round=permit.round)
         # The four calls that opened it are still within window_s but no longer count.
         assert await record_all(store, "x.") == []
 
     async def test_a_failed_trial_reopens_it_for_open_s(
             self, store: BreakerStore, clock: FakeClock) -> None:
         await half_open(store, clock)
-        await store.allow(NAME, CONFIG)
-        reopened = await store.record(NAME, CONFIG, ok=False, trial=True)
+        trial = await store.allow(NAME, CONFIG)
+        reopened = await store.record(NAME, CONFIG, ok=False, trial=True, round=trial.round)
         assert reopened == Transition(NAME, HALF_OPEN, OPEN)
         permit = await store.allow(NAME, CONFIG)
         assert (permit.state, permit.allowed, permit.retry_after) == (OPEN, False, CONFIG.open_s)
+
+    async def test_a_late_answer_from_an_earlier_half_open_round_does_not_count(
+            self, store: BreakerStore, clock: FakeClock) -> None:
+        await half_open(store, clock)
+        late, failing = await store.allow(NAME, CONFIG), await store.allow(NAME, CONFIG)
+        await store.record(NAME, CONFIG, ok=False, trial=True, round=failing.round)
+        clock.advance(CONFIG.open_s)
+        fresh = await store.allow(NAME, CONFIG)  # the next round
+        assert fresh.round == late.round + 1
+        for _ in range(CONFIG.half_open_calls):  # the last round's trial answers, late
+            assert await store.record(NAME, CONFIG, ok=True, trial=True,
+                                      round=late.round) is None
+        assert await store.state(NAME) is HALF_OPEN
 
     async def test_results_without_a_trial_permit_do_not_count_while_half_open(
             self, store: BreakerStore, clock: FakeClock) -> None:

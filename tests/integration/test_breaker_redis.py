@@ -94,16 +94,22 @@ async def _agree(redis_url: str, config: BreakerConfig, ops: list[tuple[str, obj
     memory = MemoryBreakerStore(clock)
     async with Redis.from_url(redis_url) as client:
         redis = RedisBreakerStore(client, namespace, clock=clock)
+        last_round = 0
         try:
             for op, first, second in ops:
                 if op == "wait":
                     assert isinstance(first, int)
                     clock.advance(first / 1000)
                 elif op == "allow":
-                    assert await redis.allow("p", config) == await memory.allow("p", config)
+                    permit = await redis.allow("p", config)
+                    assert permit == await memory.allow("p", config)
+                    last_round = permit.round
                 else:
-                    assert await redis.record("p", config, bool(first), trial=second) == (
-                        await memory.record("p", config, bool(first), trial=second))
+                    assert await redis.record("p", config, bool(first), trial=second,
+                                              round=last_round) == (
+                        await memory.record("p", config, bool(first), trial=second,
+                                            round=last_round))
                 assert await redis.state("p") == await memory.state("p")
         finally:
-            await client.delete(keys.breaker(namespace, "p"))
+            await client.delete(keys.breaker(namespace, "p"),
+                                keys.breaker_registry(namespace))

@@ -37,6 +37,9 @@ class Permit:
     """This permit holds one of the half-open trial slots: pass it back to ``record``."""
     transition: Transition | None = None
     """The state change asking caused (open → half-open), if any."""
+    round: int = 0
+    """The half-open round a trial permit belongs to: a late answer from an earlier round
+    (the breaker reopened and half-opened again meanwhile) is not counted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +112,7 @@ class BreakerStore(Protocol):
     async def allow(self, name: str, config: BreakerConfig) -> Permit: ...
 
     async def record(self, name: str, config: BreakerConfig, ok: bool, *,
-                     trial: bool = False) -> Transition | None: ...
+                     trial: bool = False, round: int = 0) -> Transition | None: ...
 
     async def state(self, name: str) -> BreakerState:
         """The state a call would find now (an open breaker past its time reads half-open)."""
@@ -133,7 +136,8 @@ def _ttl_ms(config: BreakerConfig) -> int:
 
 # ARGV: now_ms (-1: the server's clock), window_ms, buckets, min_calls, failure_rate, open_ms,
 # half_open_calls, ttl_ms. Fields: s state, u open until, t trials issued, k trial successes,
-# a last trial issued at; e<i> n<i> f<i> epoch, calls and failures of window bucket i.
+# a last trial issued at, r half-open round (kept across resets); e<i> n<i> f<i> epoch, calls
+# and failures of window bucket i.
 _PRELUDE = """
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
@@ -144,31 +148,35 @@ end
 local window_ms, buckets = tonumber(ARGV[2]), tonumber(ARGV[3])
 local min_calls, rate, open_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local trials_max, ttl_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
-local h = redis.call('hmget', key, 's', 'u', 't', 'k', 'a')
+local h = redis.call('hmget', key, 's', 'u', 't', 'k', 'a', 'r')
 local state, open_until = h[1] or 'closed', tonumber(h[2]) or 0
 local trials, oks, trial_at = tonumber(h[3]) or 0, tonumber(h[4]) or 0, tonumber(h[5]) or 0
+local round = tonumber(h[6]) or 0
 """
 
 _ALLOW = _PRELUDE + f"""
-if state == 'closed' then return {{'closed', 1, 0, 0, ''}} end
+if state == 'closed' then return {{'closed', 1, 0, 0, '', round}} end
 local from = ''
 if state == 'open' then
-  if now < open_until then return {{'open', 0, open_until - now, 0, ''}} end
-  state, trials, oks, from = 'half_open', 0, 0, 'open'
+  if now < open_until then return {{'open', 0, open_until - now, 0, '', round}} end
+  state, trials, oks, from, round = 'half_open', 0, 0, 'open', round + 1
 end
 if trials >= trials_max and now >= trial_at + open_ms then trials = oks end
 if trials < trials_max then
-  redis.call('hset', key, 's', state, 't', trials + 1, 'k', oks, 'a', now)
+  redis.call('hset', key, 's', state, 't', trials + 1, 'k', oks, 'a', now, 'r', round)
   redis.call('pexpire', key, ttl_ms)
-  return {{'half_open', 1, 0, 1, from}}
+  return {{'half_open', 1, 0, 1, from, round}}
 end
-return {{'half_open', 0, math.min({_TRIAL_WAIT_MS}, trial_at + open_ms - now), 0, from}}
+return {{'half_open', 0, math.min({_TRIAL_WAIT_MS}, trial_at + open_ms - now), 0, from, round}}
 """
 
-# ARGV[9] ok (1/0), ARGV[10] trial (1/0). Reply: nil, or {old, new, calls, failures}.
+# ARGV[9] ok (1/0), ARGV[10] trial (1/0), ARGV[11] the trial's round. Reply: nil, or
+# {old, new, calls, failures}.
 _RECORD = _PRELUDE + """
-local ok, trial = tonumber(ARGV[9]), tonumber(ARGV[10])
-if state == 'open' or (state == 'half_open' and trial == 0) then return false end
+local ok, trial, asked = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+if state == 'open' or (state == 'half_open' and (trial == 0 or asked ~= round)) then
+  return false
+end
 if state == 'half_open' then
   if ok == 0 then
     redis.call('hset', key, 's', 'open', 'u', now + open_ms, 't', 0, 'k', 0)
@@ -180,6 +188,8 @@ if state == 'half_open' then
     return false
   end
   redis.call('del', key)
+  redis.call('hset', key, 'r', round)
+  redis.call('pexpire', key, ttl_ms)
   return {'half_open', 'closed', 0, 0}
 end
 local epoch = math.floor(now / (window_ms / buckets))
@@ -200,7 +210,7 @@ for i = 0, buckets - 1 do
 end
 if calls >= min_calls and fails >= calls * rate then
   redis.call('del', key)
-  redis.call('hset', key, 's', 'open', 'u', now + open_ms)
+  redis.call('hset', key, 's', 'open', 'u', now + open_ms, 'r', round)
   redis.call('pexpire', key, ttl_ms)
   return {'closed', 'open', calls, fails}
 end
@@ -255,11 +265,11 @@ class RedisBreakerStore:
         if name not in self._registered:  # once per process: lets metrics find every breaker
             await self._client.sadd(keys.breaker_registry(self.namespace), name)
             self._registered.add(name)
-        state, allowed, wait_ms, trial, old = await self._allow(
+        state, allowed, wait_ms, trial, old, round_ = await self._allow(
             keys=[keys.breaker(self.namespace, name)], args=self._args(config))
         new = BreakerState(_text(state))
         change = Transition(name, BreakerState(_text(old)), new) if _text(old) else None
-        return Permit(new, bool(allowed), wait_ms / 1000, bool(trial), change)
+        return Permit(new, bool(allowed), wait_ms / 1000, bool(trial), change, int(round_))
 
     async def states(self) -> dict[str, BreakerState]:
         """Every registered breaker's state as a call would find it now."""
@@ -268,9 +278,9 @@ class RedisBreakerStore:
         return {name: await self.state(name) for name in names}
 
     async def record(self, name: str, config: BreakerConfig, ok: bool, *,
-                     trial: bool = False) -> Transition | None:
+                     trial: bool = False, round: int = 0) -> Transition | None:
         reply = await self._record(keys=[keys.breaker(self.namespace, name)],
-                                   args=[*self._args(config), int(ok), int(trial)])
+                                   args=[*self._args(config), int(ok), int(trial), round])
         if reply is None:
             return None
         old, new, calls, failures = reply
@@ -289,6 +299,7 @@ class _Breaker:
     trials: int = 0
     oks: int = 0
     trial_at: int = 0
+    round: int = 0
     window: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     """slot -> (epoch, calls, failures)."""
 
@@ -303,27 +314,30 @@ class MemoryBreakerStore:
     async def allow(self, name: str, config: BreakerConfig) -> Permit:
         b, now = self._breakers.setdefault(name, _Breaker()), _ms(self._clock())
         if b.state is BreakerState.CLOSED:
-            return Permit(BreakerState.CLOSED, True)
+            return Permit(BreakerState.CLOSED, True, round=b.round)
         change = None
         if b.state is BreakerState.OPEN:
             if now < b.open_until:
-                return Permit(BreakerState.OPEN, False, (b.open_until - now) / 1000)
-            b.state, b.trials, b.oks = BreakerState.HALF_OPEN, 0, 0
+                return Permit(BreakerState.OPEN, False, (b.open_until - now) / 1000,
+                              round=b.round)
+            b.state, b.trials, b.oks, b.round = BreakerState.HALF_OPEN, 0, 0, b.round + 1
             change = Transition(name, BreakerState.OPEN, BreakerState.HALF_OPEN)
         open_ms = _ms(config.open_s)
         if b.trials >= config.half_open_calls and now >= b.trial_at + open_ms:
             b.trials = b.oks  # permits never answered: presumed lost with their process
         if b.trials < config.half_open_calls:
             b.trials, b.trial_at = b.trials + 1, now
-            return Permit(BreakerState.HALF_OPEN, True, 0.0, True, change)
+            return Permit(BreakerState.HALF_OPEN, True, 0.0, True, change, b.round)
         wait = min(_TRIAL_WAIT_MS, b.trial_at + open_ms - now)
-        return Permit(BreakerState.HALF_OPEN, False, wait / 1000, False, change)
+        return Permit(BreakerState.HALF_OPEN, False, wait / 1000, False, change, b.round)
 
     async def record(self, name: str, config: BreakerConfig, ok: bool, *,
-                     trial: bool = False) -> Transition | None:
+                     trial: bool = False, round: int = 0) -> Transition | None:
         b, now = self._breakers.setdefault(name, _Breaker()), _ms(self._clock())
-        if b.state is BreakerState.OPEN or (b.state is BreakerState.HALF_OPEN and not trial):
-            return None  # answers to calls allowed before the breaker opened
+        if b.state is BreakerState.OPEN or (
+            b.state is BreakerState.HALF_OPEN and (not trial or round != b.round)
+        ):
+            return None  # answers to calls allowed before the breaker opened, or last round
         if b.state is BreakerState.HALF_OPEN:
             if not ok:
                 b.state, b.open_until, b.trials, b.oks = (
@@ -332,7 +346,7 @@ class MemoryBreakerStore:
             b.oks += 1
             if b.oks < config.half_open_calls:
                 return None
-            self._breakers[name] = _Breaker()
+            self._breakers[name] = _Breaker(round=b.round)
             return Transition(name, BreakerState.HALF_OPEN, BreakerState.CLOSED)
         return self._count(name, b, config, now, ok)
 
@@ -347,7 +361,8 @@ class MemoryBreakerStore:
                 if e == epoch:
                     here_n, here_f = here_n + n, here_f + f
         if calls >= config.min_calls and fails >= calls * config.failure_rate:
-            self._breakers[name] = _Breaker(BreakerState.OPEN, now + _ms(config.open_s))
+            self._breakers[name] = _Breaker(BreakerState.OPEN, now + _ms(config.open_s),
+                                            round=b.round)
             return Transition(name, BreakerState.CLOSED, BreakerState.OPEN, calls, fails)
         b.window[epoch % config.buckets] = (epoch, here_n, here_f)
         return None

@@ -75,7 +75,8 @@ class CircuitBreakers:
     async def record(self, name: str, permit: Permit, *, ok: bool) -> Transition | None:
         """Count one call's outcome; returns the state change it caused, if any."""
         try:
-            change = await self.store.record(name, self.config(name), ok, trial=permit.trial)
+            change = await self.store.record(name, self.config(name), ok, trial=permit.trial,
+                                             round=permit.round)
         except Exception as exc:  # as in allow: losing one count beats losing the send
             self._log.warning("breaker of provider %r could not count a call (%r)", name, exc)
             return None
