@@ -288,6 +288,20 @@ class RuntimeBehaviour:
         assert await transport.promote(keys.delayed(AGENT), keys.retry(AGENT), 10) == (0, None)
         assert await stream_entries(transport, keys.dead) == []
 
+    async def test_far_off_members_of_a_delay_set_can_be_listed_and_moved_out(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        transport = connect()
+        delayed = PartitionKeys(settings.namespace, TOPIC, 0).delayed(AGENT)
+        soon, later = now_ms() + 60_000, now_ms() + 7_200_000
+        await transport.schedule([(delayed, b"e1\x00d", soon), (delayed, b"e2\x00d", later)])
+        [(member, due)] = await transport.due_after(delayed, now_ms() + 3_600_000, 10)
+        assert member == b"e2\x00d"
+        assert abs(due - later) < 50
+        await transport.unschedule(delayed, [member])
+        assert await transport.due_after(delayed, 0, 10) != []
+        assert [m for m, _ in await transport.due_after(delayed, 0, 10)] == [b"e1\x00d"]
+
     async def test_a_retry_signal_waits_the_delay_it_asks_for(
         self, settings: Settings, connect: Connect
     ) -> None:

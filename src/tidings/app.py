@@ -53,7 +53,7 @@ class App:
         # The default and per-queue / per-type policies; the worker adds the queues' policies
         # from PostgreSQL when it starts.
         self.retry_policies = RetryPolicies()
-        # Where far-off retries wait: set by the worker when it has a database.
+        # Moves far-off retries to PostgreSQL and back: set by the worker with a database.
         self.parking: Parking | None = None
 
     def __repr__(self) -> str:

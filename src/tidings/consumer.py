@@ -35,7 +35,6 @@ from tidings.message import (
     now_ms,
 )
 from tidings.observability.logs import current_trace
-from tidings.parking import Parking
 from tidings.retry import RetryPolicy
 from tidings.settings import Settings
 from tidings.tasks import being_cancelled
@@ -79,7 +78,6 @@ class PartitionConsumer:
         transport: Transport,
         settings: Settings,
         policy: RetryPolicy | None = None,
-        parking: Parking | None = None,
     ) -> None:
         self.agent = agent
         self.partition = partition
@@ -87,8 +85,6 @@ class PartitionConsumer:
         self.transport = transport
         self.settings = settings
         self.policy = policy or agent.retry or RetryPolicy()
-        # Where retries due later than TIDINGS_PARK_AFTER_S wait (None: in Redis, like all).
-        self.parking = parking
         self.keys = agent.topic.keys(partition)
         self.retry_stream = self.keys.retry(agent.group)
         self.delay_set = self.keys.delayed(agent.group)
@@ -395,14 +391,10 @@ class PartitionConsumer:
         fields = entry.fields or {}
         member = pack_delayed({b"e": retried.to_json(), PAYLOAD_FIELD: fields[PAYLOAD_FIELD]})
         delay_ms = max(0, round(delay * 1000))
-        if self.parking is not None and delay > self.settings.park_after_s:
-            await self.parking.park(entry.stream, entry.id, self.delay_set, member,
-                                    now_ms() + delay_ms)
-            await self.transport.ack(entry.stream, self.agent.group, [entry.id])
-        else:
-            await self.transport.retry_later(
-                entry.stream, self.agent.group, entry.id, self.delay_set, member, delay_ms
-            )
+        # Ack and park in one step; far-off retries move on to PostgreSQL (tidings.parking).
+        await self.transport.retry_later(
+            entry.stream, self.agent.group, entry.id, self.delay_set, member, delay_ms
+        )
         self.agent.stats.retried += 1
         self._next_promote = min(self._next_promote, time.monotonic() + delay_ms / 1000)
         log.info("agent %s retries message %s in %.2fs (attempt %d failed: %s)",

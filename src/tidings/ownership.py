@@ -171,7 +171,6 @@ class PartitionOwner:
         reader = PartitionConsumer(
             self.agent, partition, self.consumer, self.transport, self.settings,
             policy=self.agent.topic.app.retry_policy(self.agent),
-            parking=self.agent.topic.app.parking,
         )
         reader.lease_until = time.monotonic() + self.settings.lease_ttl_ms / 1000
         try:

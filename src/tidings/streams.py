@@ -264,6 +264,15 @@ class RedisTransport:
     ) -> None:
         await self._retry_later(keys=[delayed, stream], args=[group, entry_id, delay_ms, member])
 
+    async def due_after(self, delayed: str, after_ms: int, limit: int) -> list[tuple[bytes, int]]:
+        reply: list[tuple[bytes, float]] = await self.client.zrangebyscore(  # type: ignore[assignment]
+            delayed, f"({after_ms}", "+inf", start=0, num=limit, withscores=True)
+        return [(member, int(score)) for member, score in reply]
+
+    async def unschedule(self, delayed: str, members: Sequence[bytes]) -> None:
+        if members:
+            await self.client.zrem(delayed, *members)
+
     async def schedule(self, entries: Sequence[tuple[str, bytes, int]]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for delay_set, member, due_ms in entries:

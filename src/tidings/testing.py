@@ -194,6 +194,15 @@ class MemoryTransport:
         if await self._acked(stream, group, entry_id):
             self.delayed.setdefault(delayed, {})[member] = self._now_ms() + delay_ms
 
+    async def due_after(self, delayed: str, after_ms: int, limit: int) -> list[tuple[bytes, int]]:
+        offset = time.time() * 1000 - self._now_ms()  # ours monotonic; callers' Unix ms
+        due = sorted((at + offset, m) for m, at in self.delayed.get(delayed, {}).items())
+        return [(m, int(at)) for at, m in due if at > after_ms][:limit]
+
+    async def unschedule(self, delayed: str, members: Sequence[bytes]) -> None:
+        for member in members:
+            self.delayed.get(delayed, {}).pop(member, None)
+
     async def schedule(self, entries: Sequence[tuple[str, bytes, int]]) -> None:
         offset = self._now_ms() - time.time() * 1000  # due times are Unix ms; ours monotonic
         for delay_set, member, due_ms in entries:

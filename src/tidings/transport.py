@@ -107,6 +107,14 @@ class Transport(Protocol):
         the entry was no longer pending for ``group``."""
         ...
 
+    async def due_after(self, delayed: str, after_ms: int, limit: int) -> list[tuple[bytes, int]]:
+        """Members of ``delayed`` due after Unix ms ``after_ms``, with their due times."""
+        ...
+
+    async def unschedule(self, delayed: str, members: Sequence[bytes]) -> None:
+        """Remove members from a delay set (they were moved elsewhere)."""
+        ...
+
     async def schedule(self, entries: Sequence[tuple[str, bytes, int]]) -> None:
         """Put members in delay sets, due at absolute Unix ms: (delay set, member, due_ms)."""
         ...

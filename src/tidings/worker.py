@@ -117,7 +117,7 @@ class Worker:
             queues = await load_queue_policies(self.app.engine)
             policies = self.app.retry_policies
             self.app.retry_policies = replace(policies, by_queue={**policies.by_queue, **queues})
-            self.app.parking = Parking(self.app.engine)
+            self.app.parking = Parking(self.app.engine, park_after_s=self.settings.park_after_s)
         self.owners = [
             PartitionOwner(agent, self.consumer, self.app.transport, self.settings)
             for agent in self.agents
@@ -150,8 +150,8 @@ class Worker:
         worker with a database does both)."""
         transport = self.app.transport
         if self.app.parking is not None:
-            self._unparking = asyncio.create_task(self.app.parking.run(transport),
-                                                  name="unpark-retries")
+            self._unparking = asyncio.create_task(
+                self.app.parking.run(transport, self._delay_sets), name="park-retries")
         if not self.database or not isinstance(transport, RedisTransport):
             return
         from tidings.dlq import DeadLetterRecorder
@@ -159,6 +159,12 @@ class Worker:
         self.recorder = DeadLetterRecorder(transport.client, self.app.engine,
                                            self.settings.namespace, consumer=self.consumer)
         self._recording = asyncio.create_task(self.recorder.run(), name="dlq-recorder")
+
+    def _delay_sets(self) -> list[str]:
+        """The delay sets of this worker's agents, every partition (read each round: a
+        topic's partition count is known once the app started)."""
+        return [agent.topic.keys(p).delayed(agent.group) for agent in self.agents
+                for p in range(agent.topic.partitions)]
 
     async def _stop_recorder(self) -> None:
         if self.app.parking is not None and self._unparking is not None:

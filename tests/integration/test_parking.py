@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from tidings import App, Message, Priority, Retry, Settings
 from tidings.database import quote_ident
+from tidings.message import now_ms
 from tidings.parking import Parking
 from tidings.retry import RetryPolicy
 from tidings.streams import RedisTransport
@@ -50,7 +51,7 @@ async def started(settings: Settings, redis: Redis) -> AsyncIterator[tuple[App, 
         from tidings import migrate
 
         await migrate.upgrade(app.engine, settings.database_schema)
-        app.parking = Parking(app.engine)
+        app.parking = Parking(app.engine, park_after_s=settings.park_after_s)
 
     app.on_start(park_in_postgres)
     async with running(app, settings, transport=RedisTransport(redis), database=True):
@@ -63,7 +64,7 @@ async def started(settings: Settings, redis: Redis) -> AsyncIterator[tuple[App, 
 async def parked(app: App) -> list[Any]:
     async with app.engine.connect() as conn:
         return list((await conn.execute(text(
-            "SELECT stream, entry_id, delay_set, due_at - now() AS wait FROM parked_retries"
+            "SELECT delay_set, member, due_at - now() AS wait FROM parked_retries"
         ))).all())
 
 
@@ -75,38 +76,47 @@ async def until(condition: Any, within: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_a_retry_due_in_hours_waits_in_postgres_not_redis(
-    started: tuple[App, list[int]], redis: Redis,
-) -> None:
-    app, attempts = started
+def delay_sets(app: App) -> list[str]:
+    return [app.get_topic(TOPIC).keys(0).delayed(AGENT)]
+
+
+async def failed_once(app: App, attempts: list[int], redis: Redis) -> None:
     await app.get_topic(TOPIC).send(Job(n=1))
+    delayed = delay_sets(app)[0]
 
-    async def is_parked() -> bool:
-        return len(await parked(app)) == 1
+    async def waiting() -> bool:
+        return await redis.zcard(delayed) == 1
 
-    await until(is_parked)
-    [row] = await parked(app)
-    keys = app.get_topic(TOPIC).keys(0)
-    assert row.delay_set == keys.delayed(AGENT)
-    assert 7100 < row.wait.total_seconds() <= 7200
-    assert await redis.zcard(keys.delayed(AGENT)) == 0
-    assert (await redis.xpending(keys.lane(Priority.NORMAL), AGENT))["pending"] == 0
+    await until(waiting)
     assert attempts == [1]
 
 
-async def test_a_parked_retry_comes_back_when_nearly_due_and_runs_once(
-    started: tuple[App, list[int]],
+async def test_a_retry_due_in_hours_moves_from_redis_to_postgres(
+    started: tuple[App, list[int]], redis: Redis,
 ) -> None:
     app, attempts = started
-    await app.get_topic(TOPIC).send(Job(n=1))
+    await failed_once(app, attempts, redis)
+    assert app.parking is not None
 
-    async def is_parked() -> bool:
-        return len(await parked(app)) == 1
+    assert await app.parking.park(app.transport, delay_sets(app)) == 1
+    assert await app.parking.park(app.transport, delay_sets(app)) == 0
+    [row] = await parked(app)
+    assert row.delay_set == delay_sets(app)[0]
+    assert 7100 < row.wait.total_seconds() <= 7200
+    assert await redis.zcard(delay_sets(app)[0]) == 0, "no longer held in Redis memory"
+    keys = app.get_topic(TOPIC).keys(0)
+    assert (await redis.xpending(keys.lane(Priority.NORMAL), AGENT))["pending"] == 0
 
-    await until(is_parked)
+
+async def test_a_parked_retry_comes_back_when_nearly_due_and_runs_once(
+    started: tuple[App, list[int]], redis: Redis,
+) -> None:
+    app, attempts = started
+    await failed_once(app, attempts, redis)
+    assert app.parking is not None
+    await app.parking.park(app.transport, delay_sets(app))
     async with app.engine.begin() as conn:  # two hours pass
         await conn.execute(text("UPDATE parked_retries SET due_at = now()"))
-    assert app.parking is not None
     assert await app.parking.unpark(app.transport) == 1
     assert await app.parking.unpark(app.transport) == 0
 
@@ -117,19 +127,26 @@ async def test_a_parked_retry_comes_back_when_nearly_due_and_runs_once(
     assert await parked(app) == []
 
 
-async def test_parking_one_entry_twice_keeps_one_row(started: tuple[App, list[int]]) -> None:
-    app, _ = started
+async def test_a_move_repeated_after_a_crash_keeps_one_row_and_one_member(
+    started: tuple[App, list[int]], redis: Redis,
+) -> None:
+    app, attempts = started
+    await failed_once(app, attempts, redis)
     assert app.parking is not None
-    for _ in range(2):  # a crash between the insert and the ack parks it again
-        await app.parking.park("s", b"1-0", "d", b'{"v":1}\x00{}', 2_000_000_000_000)
+    [(member, due)] = await app.transport.due_after(delay_sets(app)[0], 0, 10)
+    await app.parking.park(app.transport, delay_sets(app))
+    await app.transport.schedule([(delay_sets(app)[0], member, due)])  # as if ZREM never ran
+    await app.parking.park(app.transport, delay_sets(app))
     assert len(await parked(app)) == 1
+    assert await redis.zcard(delay_sets(app)[0]) == 0
 
 
-async def test_two_agents_parking_a_retry_of_the_same_entry_keep_both(
-    started: tuple[App, list[int]],
+async def test_a_retry_due_soon_stays_in_redis(
+    started: tuple[App, list[int]], redis: Redis,
 ) -> None:
     app, _ = started
     assert app.parking is not None
-    for delay_set in ("d:orders.audit", "d:orders.send"):
-        await app.parking.park("s", b"1-0", delay_set, b'{"v":1}\x00{}', 2_000_000_000_000)
-    assert len(await parked(app)) == 2
+    soon = now_ms() + 60_000
+    await app.transport.schedule([(delay_sets(app)[0], b'{"v":1}\x00{}', soon)])
+    assert await app.parking.park(app.transport, delay_sets(app)) == 0
+    assert await redis.zcard(delay_sets(app)[0]) == 1

@@ -1,7 +1,7 @@
 """Retries due far in the future, held in PostgreSQL instead of a Redis delay set.
 
-A row is keyed by the group's delay set and the stream entry it retries, so parking the same
-entry twice (a crash between the insert and the ack) keeps one row.
+A row is keyed by its delay set and a hash of its member, so moving the same member twice (a
+crash between the insert and the ZREM) keeps one row.
 """
 
 from __future__ import annotations
@@ -23,13 +23,11 @@ parked_retries = Table(
     "parked_retries",
     metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column("stream", Text, nullable=False),  # the entry that failed, and its stream
-    Column("entry_id", Text, nullable=False),
-    Column("delay_set", Text, nullable=False),  # where it goes back to when nearly due
+    Column("delay_set", Text, nullable=False),  # the group's delay set it came from
+    Column("member_hash", Text, nullable=False),
     Column("member", LargeBinary, nullable=False),  # the delay-set member: header NUL payload
     Column("due_at", DateTime(timezone=True), nullable=False),
     timestamp("created_at"),
-    # Per group: two agents of one topic may both park a retry of the same entry.
-    UniqueConstraint("delay_set", "stream", "entry_id"),
+    UniqueConstraint("delay_set", "member_hash"),
     Index("ix_parked_retries_due_at", "due_at"),
 )

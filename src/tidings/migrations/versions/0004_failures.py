@@ -122,15 +122,14 @@ def _parked() -> None:
     op.create_table(
         "parked_retries",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
-        _text("stream", nullable=False),
-        _text("entry_id", nullable=False),
         _text("delay_set", nullable=False),
+        _text("member_hash", nullable=False),
         sa.Column("member", sa.LargeBinary(), nullable=False),
         sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
         _now("created_at"),
         sa.PrimaryKeyConstraint("id", name="pk_parked_retries"),
-        sa.UniqueConstraint("delay_set", "stream", "entry_id",
-                            name="uq_parked_retries_delay_set_stream_entry_id"),
+        sa.UniqueConstraint("delay_set", "member_hash",
+                            name="uq_parked_retries_delay_set_member_hash"),
     )
     op.create_index("ix_parked_retries_due_at", "parked_retries", ["due_at"])
 
