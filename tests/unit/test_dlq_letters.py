@@ -115,3 +115,12 @@ def test_any_fields_make_a_row(fields: dict[bytes, bytes]) -> None:
     assert 1 <= row["attempts"] < 2**31
     assert 1 <= row["deliveries"] < 2**31
     assert "\x00" not in row["error_message"]
+
+
+def test_a_letter_s_ledger_message_is_its_header_else_its_dispatch_s_else_its_own_id() -> None:
+    from tidings.dlq.replay import _ledger_id
+
+    dispatch = orjson.dumps({"message_id": "m-accepted", "channels": ["sms"]})
+    assert _ledger_id(Envelope("e-1", headers={"tidings.message": "m-1"}), dispatch) == "m-1"
+    assert _ledger_id(Envelope("e-2"), dispatch) == "m-accepted"  # published by the scheduler
+    assert _ledger_id(Envelope("e-3"), b"not json") == "e-3"

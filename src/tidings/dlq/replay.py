@@ -50,16 +50,30 @@ WHERE message_id = :message_id AND state = ANY(:states)
 """)
 
 
-def _channels(payload: bytes | None) -> list[str] | None:
-    """The channels a channel-stage letter (a dispatch) covers; None: every channel."""
+def _dispatch(payload: bytes | None) -> dict[str, Any]:
+    """The payload as a JSON object, or {} (a notification pipeline dispatch carries its
+    ledger ``message_id`` and ``channels``)."""
     try:
         value = orjson.loads(payload) if payload is not None else None
     except orjson.JSONDecodeError:
-        return None
-    channels = value.get("channels") if isinstance(value, dict) else None
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _channels(payload: bytes | None) -> list[str] | None:
+    """The channels a channel-stage letter (a dispatch) covers; None: every channel."""
+    channels = _dispatch(payload).get("channels")
     if isinstance(channels, list) and all(isinstance(c, str) for c in channels):
         return channels
     return None
+
+
+def _ledger_id(envelope: Envelope, payload: bytes | None) -> str:
+    """The ledger message a letter belongs to: its header, else (a dispatch the scheduler
+    published) its payload's ``message_id``, else its own id."""
+    carried = _dispatch(payload).get("message_id")
+    fallback = carried if isinstance(carried, str) else envelope.id
+    return envelope.headers.get(LEDGER_HEADER) or fallback
 
 
 class ReplayError(TidingsError):
@@ -134,7 +148,7 @@ class Replayer:
                     edits={e.name: e.value for e in edits}, forced=force, target_stream=target,
                 ).returning(dead_letter_replays.c.id)
             )).scalar_one())
-            ledger_id = envelope.headers.get(LEDGER_HEADER) or envelope.id
+            ledger_id = _ledger_id(envelope, payload)
             envelope.attempt = 1
             envelope.enqueued_ms = now_ms()
             # A fresh start: attempt 1 and no last delay, but the error history stays.
