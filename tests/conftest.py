@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -87,3 +88,37 @@ async def engine(database_url: str, schema_name: str) -> AsyncIterator[AsyncEngi
     async with engine.begin() as conn:
         await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema_name)} CASCADE"))
     await engine.dispose()
+
+
+@pytest.fixture
+def env(database_url: str, redis_url: str, schema_name: str,
+        namespace: str) -> Iterator[dict[str, str]]:
+    """The TIDINGS_* environment of a CLI run: a migrated schema and a Redis key prefix of its
+    own, both removed afterwards (for CliRunner, which runs its own event loops)."""
+    from redis import Redis as SyncRedis
+
+    from tidings.database import create_engine, quote_ident
+    from tidings.migrate import upgrade
+
+    async def migrate(drop: bool) -> None:
+        engine = create_engine(database_url, schema=schema_name, pool_size=1, connect_timeout=5)
+        try:
+            if drop:
+                async with engine.begin() as conn:
+                    await conn.execute(text(f"DROP SCHEMA {quote_ident(schema_name)} CASCADE"))
+            else:
+                await upgrade(engine, schema_name)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(migrate(drop=False))
+    yield {
+        "TIDINGS_DATABASE_URL": database_url, "TIDINGS_REDIS_URL": redis_url,
+        "TIDINGS_DATABASE_SCHEMA": schema_name, "TIDINGS_NAMESPACE": namespace,
+        "COLUMNS": "250",
+    }
+    asyncio.run(migrate(drop=True))
+    with SyncRedis.from_url(redis_url) as client:
+        doomed = list(client.scan_iter(match=f"{namespace}*", count=1000))
+        if doomed:
+            client.delete(*doomed)

@@ -4,54 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from redis import Redis as SyncRedis
 from redis.asyncio import Redis
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from tidings import keys
 from tidings.cli import cli
-from tidings.database import create_engine, quote_ident
+from tidings.database import create_engine
 from tidings.dlq.recorder import DeadLetterRecorder
 from tidings.keys import PartitionKeys
 from tidings.message import Envelope
-from tidings.migrate import upgrade
 from tidings.tables import dead_letter_replays
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
 Env = dict[str, str]
-
-
-@pytest.fixture
-def env(database_url: str, redis_url: str, schema_name: str, namespace: str) -> Iterator[Env]:
-    async def migrate(drop: bool) -> None:
-        engine = create_engine(database_url, schema=schema_name, pool_size=1, connect_timeout=5)
-        try:
-            if drop:
-                async with engine.begin() as conn:
-                    await conn.execute(text(f"DROP SCHEMA {quote_ident(schema_name)} CASCADE"))
-            else:
-                await upgrade(engine, schema_name)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(migrate(drop=False))
-    yield {
-        "TIDINGS_DATABASE_URL": database_url, "TIDINGS_REDIS_URL": redis_url,
-        "TIDINGS_DATABASE_SCHEMA": schema_name, "TIDINGS_NAMESPACE": namespace,
-        "COLUMNS": "250",
-    }
-    asyncio.run(migrate(drop=True))
-    client = SyncRedis.from_url(redis_url)
-    doomed = list(client.scan_iter(match=f"{namespace}*", count=1000))
-    if doomed:
-        client.delete(*doomed)
-    client.close()
 
 
 def park(env: Env, topic: str, reason: str, *, user: str = "u-1", kind: str = "exhausted",

@@ -16,12 +16,12 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipelines.sched_support import app, engine, redis, store
+from pipelines.sched_support import app, store
 from processes import REPO, TIDINGS, Servers, drop_schema
 from tidings import App
 from tidings.scheduling import Schedule, Scheduler, Schedules, Timing
 
-__all__ = ["app", "engine", "redis", "store"]  # fixtures
+__all__ = ["app", "store"]  # fixtures
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 

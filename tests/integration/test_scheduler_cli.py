@@ -2,43 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import text
 from typer.testing import CliRunner
 
 from tidings.cli import cli
-from tidings.database import create_engine, quote_ident
-from tidings.migrate import upgrade
 
 pytestmark = [pytest.mark.postgres]
-
-
-@pytest.fixture
-def env(
-    database_url: str, redis_url: str, schema_name: str, namespace: str
-) -> Iterator[dict[str, str]]:
-    async def migrate(drop: bool) -> None:
-        engine = create_engine(database_url, schema=schema_name, pool_size=1, connect_timeout=5)
-        try:
-            if drop:
-                async with engine.begin() as conn:
-                    await conn.execute(text(f"DROP SCHEMA {quote_ident(schema_name)} CASCADE"))
-            else:
-                await upgrade(engine, schema_name)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(migrate(drop=False))
-    yield {
-        "TIDINGS_DATABASE_URL": database_url, "TIDINGS_REDIS_URL": redis_url,
-        "TIDINGS_DATABASE_SCHEMA": schema_name, "TIDINGS_NAMESPACE": namespace,
-        "COLUMNS": "200",
-    }
-    asyncio.run(migrate(drop=True))
 
 
 def tidings(env: dict[str, str], *args: str, ok: bool = True) -> str:

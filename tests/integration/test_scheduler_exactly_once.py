@@ -22,12 +22,12 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipelines.sched_support import duplicates, engine, published, redis, store
+from pipelines.sched_support import duplicates, published, store
 from tidings.scheduling import Schedule, Schedules, Timing
 from tidings.scheduling.tick import message_id
 from tidings.tables import outbox
 
-__all__ = ["engine", "redis", "store"]  # fixtures
+__all__ = ["store"]  # fixtures
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 

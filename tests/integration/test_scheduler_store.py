@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipelines.sched_support import app, duplicates, engine, published, redis, store
+from pipelines.sched_support import app, duplicates, published, store
 from tidings import App
 from tidings.scheduling import InvalidSchedule, Relay, Schedule, Scheduler, Schedules, Timing
 from tidings.scheduling.schedule import UnknownSchedule
@@ -18,7 +18,7 @@ from tidings.scheduling.store import replace
 from tidings.scheduling.tick import message_id
 from tidings.tables import outbox, schedule_fires
 
-__all__ = ["app", "engine", "redis", "store"]  # fixtures
+__all__ = ["app", "store"]  # fixtures
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 

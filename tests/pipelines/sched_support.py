@@ -1,6 +1,7 @@
 """Fixtures and readers shared by the scheduler's integration tests.
 
-Each test gets its own PostgreSQL schema (migrated) and Redis key prefix, both removed after.
+Each test gets its own PostgreSQL schema (migrated) and Redis key prefix, both removed after
+(the ``engine`` and ``redis`` fixtures of tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ from typing import Any
 import orjson
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings import App, Settings
-from tidings.database import create_engine, quote_ident
 from tidings.keys import PartitionKeys
-from tidings.migrate import upgrade
 from tidings.scheduling import Schedules
 
 
@@ -27,26 +25,6 @@ def settings_for(redis_url: str, database_url: str, namespace: str, schema: str)
         redis_url=redis_url, database_url=database_url, namespace=namespace,
         database_schema=schema, partitions=2,
     )
-
-
-@pytest.fixture
-async def engine(database_url: str, schema_name: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url, schema=schema_name, pool_size=4, connect_timeout=5)
-    await upgrade(engine, schema_name)
-    yield engine
-    async with engine.begin() as conn:
-        await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema_name)} CASCADE"))
-    await engine.dispose()
-
-
-@pytest.fixture
-async def redis(redis_url: str, namespace: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    keys = [k async for k in client.scan_iter(match=f"{namespace}:*", count=1000)]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 @pytest.fixture
