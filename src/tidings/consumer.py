@@ -32,6 +32,7 @@ from tidings.message import (
     SINCE_HEADER,
     Message,
     failing_for,
+    last_delay,
     now_ms,
 )
 from tidings.observability.logs import current_trace
@@ -360,7 +361,7 @@ class PartitionConsumer:
         policy = request.policy or self.policy
         envelope = message.envelope
         attempt = envelope.attempt
-        previous = _float(envelope.headers.get(DELAY_HEADER))
+        previous = last_delay(envelope.headers)
         elapsed = failing_for(envelope.headers, now_ms())
         if request.count:
             delay = policy.next_delay(attempt, elapsed=elapsed, previous=previous,
@@ -500,13 +501,6 @@ class PartitionConsumer:
             except Exception as exc:
                 log.error("could not hand back %d entries of %s (%s); they are reclaimed after"
                           " TIDINGS_CLAIM_IDLE_MS", len(ids), stream, exc)
-
-
-def _float(raw: str | None) -> float | None:
-    try:
-        return None if raw is None else float(raw)
-    except ValueError:
-        return None
 
 
 def _history(raw: str | None) -> list[Any]:

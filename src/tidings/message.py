@@ -60,6 +60,15 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def last_delay(headers: dict[str, str]) -> float | None:
+    """The delay (seconds) a retried message last waited, if its header says (and parses)."""
+    raw = headers.get(DELAY_HEADER)
+    try:
+        return None if raw is None else float(raw)
+    except ValueError:
+        return None
+
+
 def failing_for(headers: dict[str, str], now: int) -> float:
     """Seconds since this run of attempts first failed (0 if it has not failed before): what a
     retry policy's ``deadline`` counts from. A replay starts a new run."""

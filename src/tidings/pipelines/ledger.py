@@ -40,7 +40,6 @@ from tidings.pipelines.ledger_rows import (
     FINAL,
     INSERT_EVENTS,
     INSERT_MESSAGES,
-    SENT,
     STATES,
     UPSERT_DELIVERIES,
     Claim,
@@ -231,19 +230,6 @@ class LedgerWriter:
             if owner is not None and owner != message_id:
                 duplicates.add(message_id)
         return duplicates
-
-    async def already_sent(self, message_ids: Sequence[str]) -> set[DeliveryKey]:
-        """(message, channel, recipient) legs of these messages the ledger has as sent: what a
-        redelivered batch must not send again."""
-        if not message_ids:
-            return set()
-        await self.flush()
-
-        async def query(conn: AsyncConnection) -> set[DeliveryKey]:
-            rows = await conn.execute(SENT, {"ids": list(message_ids)})
-            return {(r[0], r[1], r[2]) for r in rows}
-
-        return await self._retrying(query)
 
     async def flush(self) -> None:
         """Write every buffered row now; LedgerError if they could not be written."""

@@ -135,11 +135,6 @@ INSERT_MESSAGES = text(MESSAGES_SQL)
 # The same insert, telling which rows it wrote: the claims this batch won.
 CLAIM = text(MESSAGES_SQL + "RETURNING id")
 
-SENT = text("""
-SELECT message_id, channel, recipient FROM deliveries
-WHERE message_id = ANY(:ids) AND state = 'sent'
-""")
-
 # The final states in the WHERE keep a finished delivery untouched by anything late.
 UPSERT_DELIVERIES = text("""
 INSERT INTO deliveries AS d (message_id, channel, recipient, state, provider,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from tidings import tracing
-from tidings.message import DELAY_HEADER, REPLAY_HEADER, failing_for, now_ms
+from tidings.message import REPLAY_HEADER, failing_for, last_delay, now_ms
 from tidings.notification import Channel
 from tidings.observability.deliveries import PipelineMetrics
 from tidings.observability.logs import current_trace, trace_of
@@ -327,11 +327,10 @@ class Sender:
     def _next_delay(self, run: _Run, transient: list[SendResult]) -> float | None:
         envelope = run.item.message.envelope
         asked = [f.failure.retry_after for f in transient if f.failure and f.failure.retry_after]
-        previous = envelope.headers.get(DELAY_HEADER)
         return self.policy_for(run.dispatch).next_delay(
             envelope.attempt,
             elapsed=failing_for(envelope.headers, now_ms()),
-            previous=float(previous) if previous else None,
+            previous=last_delay(envelope.headers),
             requested=max(asked) if asked else None,
         )
 
