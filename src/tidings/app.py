@@ -20,7 +20,6 @@ from tidings.connections import (
     resolve_redis_url,
 )
 from tidings.errors import ConfigurationError, TidingsError, UnknownTopic
-from tidings.parking import Parking
 from tidings.retry import RetryPolicies, RetryPolicy
 from tidings.settings import Settings
 from tidings.streams import RedisTransport
@@ -53,8 +52,6 @@ class App:
         # The default and per-queue / per-type policies; the worker adds the queues' policies
         # from PostgreSQL when it starts.
         self.retry_policies = RetryPolicies()
-        # Moves far-off retries to PostgreSQL and back: set by the worker with a database.
-        self.parking: Parking | None = None
 
     def __repr__(self) -> str:
         return f"App({self.name!r}, topics={list(self.topics)}, agents={list(self.agents)})"

@@ -85,6 +85,8 @@ class Worker:
         self.recorder: DeadLetterRecorder | None = None
         self._recording: asyncio.Task[None] | None = None
         self._unparking: asyncio.Task[None] | None = None
+        # Moves far-off retries to PostgreSQL and back (with a database only).
+        self.parking: Parking | None = None
 
     def request_stop(self) -> None:
         self._signals += 1
@@ -117,7 +119,7 @@ class Worker:
             queues = await load_queue_policies(self.app.engine)
             policies = self.app.retry_policies
             self.app.retry_policies = replace(policies, by_queue={**policies.by_queue, **queues})
-            self.app.parking = Parking(self.app.engine, park_after_s=self.settings.park_after_s)
+            self.parking = Parking(self.app.engine, park_after_s=self.settings.park_after_s)
         self.owners = [
             PartitionOwner(agent, self.consumer, self.app.transport, self.settings)
             for agent in self.agents
@@ -125,7 +127,7 @@ class Worker:
         for owner in self.owners:
             await owner.start()
         heartbeat = asyncio.create_task(self._heartbeat()) if self.database else None
-        self._start_recorder()
+        self._start_background()
         log.info("worker %s consuming %s", self.consumer, ", ".join(a.name for a in self.agents))
         try:
             if self.http_port is not None:
@@ -145,13 +147,13 @@ class Worker:
         self.http = ObservabilityServer(sources, registry, host=self.http_host, port=port)
         await self.http.start()
 
-    def _start_recorder(self) -> None:
+    def _start_background(self) -> None:
         """Bring parked retries back when due, and copy dead letters into PostgreSQL (every
         worker with a database does both)."""
         transport = self.app.transport
-        if self.app.parking is not None:
+        if self.parking is not None:
             self._unparking = asyncio.create_task(
-                self.app.parking.run(transport, self._delay_sets), name="park-retries")
+                self.parking.run(transport, self._delay_sets), name="park-retries")
         if not self.database or not isinstance(transport, RedisTransport):
             return
         from tidings.dlq import DeadLetterRecorder
@@ -166,9 +168,9 @@ class Worker:
         return [agent.topic.keys(p).delayed(agent.group) for agent in self.agents
                 for p in range(agent.topic.partitions)]
 
-    async def _stop_recorder(self) -> None:
-        if self.app.parking is not None and self._unparking is not None:
-            self.app.parking.stop()
+    async def _stop_background(self) -> None:
+        if self.parking is not None and self._unparking is not None:
+            self.parking.stop()
             await asyncio.gather(self._unparking, return_exceptions=True)
         if self.recorder is None or self._recording is None:
             return
@@ -181,7 +183,7 @@ class Worker:
 
     async def _shutdown(self, heartbeat: asyncio.Task[None] | None) -> None:
         await asyncio.shield(asyncio.gather(*(owner.stop() for owner in self.owners)))
-        await self._stop_recorder()
+        await self._stop_background()
         if heartbeat is not None:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)

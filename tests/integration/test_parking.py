@@ -36,7 +36,9 @@ def settings(redis_url: str, database_url: str, namespace: str, schema_name: str
 
 
 @pytest.fixture
-async def started(settings: Settings, redis: Redis) -> AsyncIterator[tuple[App, list[int]]]:
+async def started(
+    settings: Settings, redis: Redis,
+) -> AsyncIterator[tuple[App, list[int], Parking]]:
     attempts: list[int] = []
     app = App("parking")
     jobs = app.topic(TOPIC, model=Job, partitions=1)
@@ -47,15 +49,14 @@ async def started(settings: Settings, redis: Redis) -> AsyncIterator[tuple[App, 
         if message.envelope.attempt == 1:
             raise Retry(delay=7200, reason="try again in two hours")
 
-    async def park_in_postgres(app: App) -> None:
+    async def migrated(app: App) -> None:
         from tidings import migrate
 
         await migrate.upgrade(app.engine, settings.database_schema)
-        app.parking = Parking(app.engine, park_after_s=settings.park_after_s)
 
-    app.on_start(park_in_postgres)
+    app.on_start(migrated)
     async with running(app, settings, transport=RedisTransport(redis), database=True):
-        yield app, attempts
+        yield app, attempts, Parking(app.engine, park_after_s=settings.park_after_s)
         async with app.engine.begin() as conn:
             await conn.execute(text(f"DROP SCHEMA {quote_ident(settings.database_schema)}"
                                     " CASCADE"))
@@ -92,14 +93,13 @@ async def failed_once(app: App, attempts: list[int], redis: Redis) -> None:
 
 
 async def test_a_retry_due_in_hours_moves_from_redis_to_postgres(
-    started: tuple[App, list[int]], redis: Redis,
+    started: tuple[App, list[int], Parking], redis: Redis,
 ) -> None:
-    app, attempts = started
+    app, attempts, parking = started
     await failed_once(app, attempts, redis)
-    assert app.parking is not None
 
-    assert await app.parking.park(app.transport, delay_sets(app)) == 1
-    assert await app.parking.park(app.transport, delay_sets(app)) == 0
+    assert await parking.park(app.transport, delay_sets(app)) == 1
+    assert await parking.park(app.transport, delay_sets(app)) == 0
     [row] = await parked(app)
     assert row.delay_set == delay_sets(app)[0]
     assert 7100 < row.wait.total_seconds() <= 7200
@@ -109,16 +109,15 @@ async def test_a_retry_due_in_hours_moves_from_redis_to_postgres(
 
 
 async def test_a_parked_retry_comes_back_when_nearly_due_and_runs_once(
-    started: tuple[App, list[int]], redis: Redis,
+    started: tuple[App, list[int], Parking], redis: Redis,
 ) -> None:
-    app, attempts = started
+    app, attempts, parking = started
     await failed_once(app, attempts, redis)
-    assert app.parking is not None
-    await app.parking.park(app.transport, delay_sets(app))
+    await parking.park(app.transport, delay_sets(app))
     async with app.engine.begin() as conn:  # two hours pass
         await conn.execute(text("UPDATE parked_retries SET due_at = now()"))
-    assert await app.parking.unpark(app.transport) == 1
-    assert await app.parking.unpark(app.transport) == 0
+    assert await parking.unpark(app.transport) == 1
+    assert await parking.unpark(app.transport) == 0
 
     async def retried() -> bool:
         return attempts == [1, 2]
@@ -128,25 +127,23 @@ async def test_a_parked_retry_comes_back_when_nearly_due_and_runs_once(
 
 
 async def test_a_move_repeated_after_a_crash_keeps_one_row_and_one_member(
-    started: tuple[App, list[int]], redis: Redis,
+    started: tuple[App, list[int], Parking], redis: Redis,
 ) -> None:
-    app, attempts = started
+    app, attempts, parking = started
     await failed_once(app, attempts, redis)
-    assert app.parking is not None
     [(member, due)] = await app.transport.due_after(delay_sets(app)[0], 0, 10)
-    await app.parking.park(app.transport, delay_sets(app))
+    await parking.park(app.transport, delay_sets(app))
     await app.transport.schedule([(delay_sets(app)[0], member, due)])  # as if ZREM never ran
-    await app.parking.park(app.transport, delay_sets(app))
+    await parking.park(app.transport, delay_sets(app))
     assert len(await parked(app)) == 1
     assert await redis.zcard(delay_sets(app)[0]) == 0
 
 
 async def test_a_retry_due_soon_stays_in_redis(
-    started: tuple[App, list[int]], redis: Redis,
+    started: tuple[App, list[int], Parking], redis: Redis,
 ) -> None:
-    app, _ = started
-    assert app.parking is not None
+    app, _, parking = started
     soon = now_ms() + 60_000
     await app.transport.schedule([(delay_sets(app)[0], b'{"v":1}\x00{}', soon)])
-    assert await app.parking.park(app.transport, delay_sets(app)) == 0
+    assert await parking.park(app.transport, delay_sets(app)) == 0
     assert await redis.zcard(delay_sets(app)[0]) == 1
