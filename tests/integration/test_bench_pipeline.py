@@ -36,7 +36,15 @@ async def test_report_has_rates_latencies_and_their_runs(settings: Settings) -> 
         "throughput": report["notifications_per_s"] >= report["targets"]["notifications_per_s"],
         "latency": report["latency_p99_ms"] <= report["targets"]["latency_p99_ms"],
     }
-    assert all(len(runs) == 2 for runs in report["runs"].values())
+    runs = report["runs"]
+    assert len(runs.pop("raw_per_s")) == 4, "the raw loop runs next to each topology's drain"
+    assert all(len(values) == 2 for values in runs.values())
+    assert set(report["topologies"]) == {"hop", "inline"}
+    for figures in report["topologies"].values():
+        assert figures["notifications_per_s"] > 0
+        assert 0 < figures["latency_p50_ms"] <= figures["latency_p99_ms"]
+    assert report["topology"] == "inline"
+    assert report["notifications_per_s"] == report["topologies"]["inline"]["notifications_per_s"]
     assert report["counts"] == {"drain": 200, "steady": 200}
     assert orjson.loads(orjson.dumps(report)) == report
 

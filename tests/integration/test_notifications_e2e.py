@@ -24,7 +24,7 @@ from tidings.dlq.edits import parse_edit
 from tidings.dlq.replay import Replayer, ReplayError
 from tidings.dlq.store import DeadLetters, Selection
 from tidings.message import LEDGER_HEADER, Envelope, Message, Priority, encode, new_id
-from tidings.notification import Notification, parse_notification
+from tidings.notification import CHANNELS, Channel, Notification, parse_notification
 from tidings.pipelines import Item
 from tidings.pipelines.ledger import MessageRecord
 from tidings.pipelines.notifications import Dispatch, NotificationPipeline, build
@@ -85,8 +85,15 @@ class World:
 
 
 @pytest.fixture
+def inline() -> frozenset[Channel]:
+    """Channels the intake stage sends itself; tests parametrize it to change it."""
+    return frozenset()
+
+
+@pytest.fixture
 async def world(
-    redis_url: str, database_url: str, namespace: str, schema_name: str
+    redis_url: str, database_url: str, namespace: str, schema_name: str,
+    inline: frozenset[Channel],
 ) -> AsyncIterator[World]:
     settings = Settings(
         redis_url=redis_url, database_url=database_url, namespace=namespace,
@@ -98,7 +105,7 @@ async def world(
         async def providers(_: Any) -> Any:
             return build_providers(local.settings, client, tls_context=local.client_tls)
 
-        pipeline = build("e2e", providers=providers)
+        pipeline = build("e2e", providers=providers, inline=inline)
         pipeline.app.retry_policies = RetryPolicies(default=QUICK, by_type={"**": QUICK})
         redis = await connect_redis(redis_url, settings)
         blocking = await connect_redis(redis_url, settings)
@@ -263,6 +270,66 @@ async def test_a_redelivered_dispatch_does_not_send_a_leg_the_ledger_has_as_sent
     await world.pipeline.deliver([Item(again, dispatch, None, Priority.NORMAL)])
     assert len(world.local.http.sms) == 1
     assert world.pipeline.tally.outcomes[("sms", "already_sent")] == 1
+
+
+async def _entries(world: World, topic: str) -> int:
+    """How many entries ``topic`` holds over all its partitions and lanes."""
+    found = world.pipeline.app.get_topic(topic)
+    transport = world.pipeline.app.transport
+    assert isinstance(transport, RedisTransport)
+    lengths = [await transport.client.xlen(lane) for partition in range(found.partitions)
+               for lane in found.keys(partition).lanes]
+    return sum(lengths)
+
+
+@pytest.mark.parametrize("inline", [frozenset(CHANNELS)])
+async def test_inline_channels_are_sent_by_the_intake_stage_with_no_hop(world: World) -> None:
+    msg_id = await world.pipeline.publish(notification())
+    rows = await world.settle(msg_id, 3)
+    assert [(c, s) for c, _, s, _ in rows] == [("email", "sent"), ("push", "sent"),
+                                              ("sms", "sent")]
+    assert len(world.local.smtp.messages) == 1
+    assert len(world.local.http.sms) == len(world.local.http.push) == 1
+    for channel in ("email", "sms", "push"):
+        assert await _entries(world, f"notifications.{channel}") == 0
+
+
+@pytest.mark.parametrize("inline", [frozenset({"sms"})])
+async def test_inline_and_hopping_channels_mix_in_one_notification(world: World) -> None:
+    msg_id = await world.pipeline.publish(notification(channels=["email", "sms"]))
+    rows = await world.settle(msg_id, 2)
+    assert [(c, s) for c, _, s, _ in rows] == [("email", "sent"), ("sms", "sent")]
+    assert await _entries(world, "notifications.email") == 1
+    assert await _entries(world, "notifications.sms") == 0
+
+
+@pytest.mark.parametrize("inline", [frozenset(CHANNELS)])
+async def test_an_inline_transient_failure_retries_intake_and_sends_each_leg_once(
+    world: World,
+) -> None:
+    world.local.http.fault("sms", status=503, times=1)
+    msg_id = await world.pipeline.publish(notification())
+    await world.harness.drain()
+    assert await world.attempts(msg_id) == {
+        ("email", "ada@example.com"): ("sent", 1), ("push", "device-1"): ("sent", 1),
+        ("sms", "+14155550123"): ("sent", 2),
+    }
+    assert len(world.local.smtp.messages) == 1, "the rerun of intake did not send email again"
+    assert len(world.local.http.sms) == len(world.local.http.push) == 1
+    assert await world.dead_letters("notifications") == []
+
+
+@pytest.mark.parametrize("inline", [frozenset(CHANNELS)])
+async def test_an_inline_permanent_failure_dead_letters_the_intake_message(
+    world: World,
+) -> None:
+    bad = {"user_id": "u-9", "phone": "+15005550001"}  # Twilio's "not a valid number"
+    msg_id = await world.pipeline.publish(notification(channels=["sms"], recipient=bad))
+    await world.harness.drain()
+    assert await world.attempts(msg_id) == {("sms", "+15005550001"): ("dead", 1)}
+    [dead] = await world.dead_letters("notifications")
+    assert dead[b"dead.kind"] == b"permanent"
+    assert world.local.http.counts.by_status == {400: 1}, "a permanent failure is not retried"
 
 
 # -- failures: retries, dead letters, replay -----------------------------------------------

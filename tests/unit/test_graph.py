@@ -202,3 +202,36 @@ async def test_a_message_retried_as_a_whole_publishes_its_outputs_once() -> None
         await harness.drain()
     assert (email.published, sms.published) == (1, 1), "the e-mail went out once, not twice"
     assert len(sent) == 2
+
+
+async def test_an_item_finished_in_a_routing_stage_is_acked_with_no_output() -> None:
+    app = App("g")
+    intake = app.topic("g.intake", model=Note, partitions=1)
+    email = app.topic("g.email", model=Note, partitions=1)
+    later: list[str] = []
+
+    async def finish_short_ones(items: list[Item]) -> list[Item]:
+        for item in items:
+            if len(item.value.text) < 3:
+                item.finish()  # handled here, e.g. delivered inline
+        return items
+
+    async def route_the_rest(items: list[Item]) -> list[Item]:
+        later.extend(i.value.text for i in items)  # a finished item skips later steps
+        for item in items:
+            item.route("email")
+        return items
+
+    pipeline = Pipeline(app, "g")
+    pipeline.stage("route", source=intake, steps=[finish_short_ones, route_the_rest],
+                   outputs={"email": email})
+    pipeline.stage("send", source=email, steps=[keep], terminal=True)
+    pipeline.build()
+    async with running(app, Settings(namespace="g", block_ms=20)) as harness:
+        await intake.send_many([Note(text="ok"), Note(text="long one")])
+        await harness.drain()
+        dead = await app.transport.length(intake.keys(0).dead)
+    assert later == ["long one"]
+    assert email.published == 1
+    assert dead == 0
+    assert app.agents["g.route"].stats.processed == 2

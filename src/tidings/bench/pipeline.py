@@ -1,24 +1,32 @@
 """`tidings bench pipeline`: the whole notification pipeline next to a raw redis-py consume loop.
 
 One in-process worker runs validate → route → render a stored template → send to a no-op
-provider → ledger in PostgreSQL. Two measures, each run several times (medians reported):
+provider → ledger in PostgreSQL, in both topologies the pipeline offers:
+
+- hop (the default): intake publishes each leg to its channel's topic, a second stage sends it;
+- inline (``TIDINGS_INLINE_CHANNELS``): intake sends every leg itself, with no stream hop.
+
+Two measures for each, each run several times (medians reported):
 
 - drain: N notifications prefilled, then consumed until every one is sent and its ledger rows
   are written — notifications/s; the raw XREADGROUP COUNT 100 + XACK loop drains the same
   number of identical entries in the same run, taking turns with it (who goes first alternates);
 - steady: a paced publisher offers a fixed rate for a few seconds — end-to-end latency from the
   envelope's creation to the provider's acceptance, p50 / p99.
+
+The headline figures are the faster topology's (inline); both are in the report.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import platform
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from statistics import median
 from typing import Any
@@ -52,8 +60,9 @@ TEMPLATE = "bench.notice"
 GROUP = "bench.raw"
 PREFILL_BATCH = 500
 TICK_S = 0.005  # the paced publisher's step
-
-
+TOPOLOGIES: dict[str, frozenset[Channel]] = {"hop": frozenset(), "inline": frozenset(CHANNELS)}
+HEADLINE = "inline"
+MEASURES = ("notifications_per_s", "achieved_per_s", "latency_p50_ms", "latency_p99_ms")
 
 @dataclass(frozen=True)
 class Counts:
@@ -95,7 +104,12 @@ class PipelineBench:
 
     def __init__(self, config: Settings, url: str, raw: Redis) -> None:
         self.config, self.url, self.raw = config, url, raw
-        self.pipeline = NotificationPipeline(App("bench-pipeline"), providers=_noop_providers)
+        # One pipeline per topology; they share topics and groups, so never run together.
+        self.pipelines = {
+            name: NotificationPipeline(App(f"bench-{name}"), providers=_noop_providers,
+                                       inline=inline)
+            for name, inline in TOPOLOGIES.items()
+        }
         self.publisher = App("bench-publisher")
         self.intake = self.publisher.topic(INTAKE, model=Notification)
         self.values = sample(PREFILL_BATCH)
@@ -141,23 +155,27 @@ class PipelineBench:
 
     # -- the pipeline ---------------------------------------------------------------------
 
-    async def tidings_drain(self, n: int) -> float:
+    async def tidings_drain(self, topology: str, n: int) -> float:
         """Prefill ``n`` notifications, then run the pipeline until all are sent and in the
         ledger."""
+        pipeline = self.pipelines[topology]
         await self.publish(self.fresh(n))
-        tally = self.pipeline.tally = Tally()
-        async with self._running():
+        tally = pipeline.tally = Tally()
+        async with self._running(pipeline):
             start = time.perf_counter()
             await self._until_sent(tally, n, 60 + n / 500)
-            await self.pipeline.services.ledger.flush()
+            await pipeline.services.ledger.flush()
             return rate(n, time.perf_counter() - start)
 
-    async def steady(self, per_s: int, seconds: float) -> tuple[float, float, float]:
+    async def steady(
+        self, topology: str, per_s: int, seconds: float
+    ) -> tuple[float, float, float]:
         """Offer ``per_s`` for ``seconds``; (achieved rate, p50 ms, p99 ms)."""
+        pipeline = self.pipelines[topology]
         total = max(1, round(per_s * seconds))
         batch = self.fresh(total)
-        tally = self.pipeline.tally = Tally()
-        async with self._running():
+        tally = pipeline.tally = Tally()
+        async with self._running(pipeline):
             start = time.perf_counter()
             sent = 0
             while sent < total:
@@ -168,16 +186,16 @@ class PipelineBench:
                 await asyncio.sleep(TICK_S)
             achieved = rate(total, time.perf_counter() - start)
             await self._until_sent(tally, total, 60 + total / 500)
-            await self.pipeline.services.ledger.flush()
+            await pipeline.services.ledger.flush()
         latencies = [ms for values in tally.latencies_ms.values() for ms in values]
         return achieved, _percentile(latencies, 0.5), _percentile(latencies, 0.99)
 
     @contextlib.asynccontextmanager
-    async def _running(self) -> AsyncIterator[None]:
+    async def _running(self, pipeline: NotificationPipeline) -> AsyncIterator[None]:
         """The pipeline's agents consuming, on connection pools of their own."""
         transport = RedisTransport(await connect_redis(self.url, self.config),
                                    await connect_redis(self.url, self.config))
-        async with running(self.pipeline.app, self.config, transport=transport,
+        async with running(pipeline.app, self.config, transport=transport,
                            consumer="bench", database=True):
             yield
 
@@ -189,6 +207,11 @@ class PipelineBench:
                 raise TidingsError(f"the pipeline did not send {n} notifications in "
                                    f"{timeout_s:.0f}s: {tally.outcomes}")
             await asyncio.sleep(0.002)
+
+
+def _steps(counts: Counts) -> int:
+    """Progress steps: a drain and a steady run per topology and repeat."""
+    return 2 * len(TOPOLOGIES) * counts.repeats
 
 
 async def _seed(engine: AsyncEngine, schema: str) -> None:
@@ -214,27 +237,35 @@ async def run_pipeline_bench(
     started = time.perf_counter()
     raw = Redis.from_url(url)
     engine = await open_database(config)
-    runs: dict[str, list[float]] = {k: [] for k in (
-        "raw_per_s", "notifications_per_s", "achieved_per_s", "latency_p50_ms",
-        "latency_p99_ms")}
+    runs: dict[str, list[float]] = {"raw_per_s": []}
+    by_topology: dict[str, dict[str, list[float]]] = {
+        name: {measure: [] for measure in MEASURES} for name in TOPOLOGIES}
     try:
         await _seed(engine, config.database_schema)
         bench = PipelineBench(config, url, raw)
         await bench.publisher.start(config)
         try:
             for repeat in range(counts.repeats):
-                step(f"drain, run {repeat + 1}/{counts.repeats}", 2 * repeat)
-                sides = [("raw_per_s", bench.raw_drain),
-                         ("notifications_per_s", bench.tidings_drain)]
-                for name, side in sides if repeat % 2 == 0 else sides[::-1]:
-                    runs[name].append(await side(counts.drain))
-                step(f"steady {counts.rate:,}/s, run {repeat + 1}/{counts.repeats}",
-                     2 * repeat + 1)
-                achieved, p50, p99 = await bench.steady(counts.rate, counts.steady_s)
-                runs["achieved_per_s"].append(achieved)
-                runs["latency_p50_ms"].append(p50)
-                runs["latency_p99_ms"].append(p99)
-            step("done", 2 * counts.repeats)
+                for index, (name, topology) in enumerate(by_topology.items()):
+                    progress = len(TOPOLOGIES) * 2 * repeat + 2 * index
+                    step(f"{name}: drain, run {repeat + 1}/{counts.repeats}", progress)
+                    sides: list[tuple[str, Callable[[int], Awaitable[float]]]] = [
+                        ("raw", bench.raw_drain),
+                        (name, functools.partial(bench.tidings_drain, name)),
+                    ]
+                    for side, measure in sides if (repeat + index) % 2 == 0 else sides[::-1]:
+                        figure = await measure(counts.drain)
+                        if side == "raw":
+                            runs["raw_per_s"].append(figure)
+                        else:
+                            topology["notifications_per_s"].append(figure)
+                    step(f"{name}: steady {counts.rate:,}/s, run {repeat + 1}/{counts.repeats}",
+                         progress + 1)
+                    achieved, p50, p99 = await bench.steady(name, counts.rate, counts.steady_s)
+                    topology["achieved_per_s"].append(achieved)
+                    topology["latency_p50_ms"].append(p50)
+                    topology["latency_p99_ms"].append(p99)
+            step("done", _steps(counts))
             server = await raw.info("server")
         finally:
             await bench.publisher.stop()
@@ -245,21 +276,31 @@ async def run_pipeline_bench(
             await conn.execute(
                 text(f"DROP SCHEMA IF EXISTS {quote_ident(config.database_schema)} CASCADE"))
         await engine.dispose()
-    medians = {name: median(values) for name, values in runs.items()}
+    raw_per_s = median(runs["raw_per_s"])
+    topologies = {
+        name: {measure: median(values) for measure, values in measures.items()}
+        for name, measures in by_topology.items()
+    }
+    for name, figures in topologies.items():
+        figures["ratio"] = figures["notifications_per_s"] / raw_per_s
+        runs.update({f"{name}.{m}": values for m, values in by_topology[name].items()})
+    head = topologies[HEADLINE]
     return {
         "bench": "pipeline",
-        "notifications_per_s": medians["notifications_per_s"],
-        "raw_per_s": medians["raw_per_s"],
-        "ratio": medians["notifications_per_s"] / medians["raw_per_s"],
-        "latency_p50_ms": medians["latency_p50_ms"],
-        "latency_p99_ms": medians["latency_p99_ms"],
+        "topology": HEADLINE,
+        "notifications_per_s": head["notifications_per_s"],
+        "raw_per_s": raw_per_s,
+        "ratio": head["ratio"],
+        "latency_p50_ms": head["latency_p50_ms"],
+        "latency_p99_ms": head["latency_p99_ms"],
         "offered_per_s": counts.rate,
-        "achieved_per_s": medians["achieved_per_s"],
+        "achieved_per_s": head["achieved_per_s"],
         "targets": {"notifications_per_s": TARGET_PER_S, "latency_p99_ms": TARGET_P99_MS},
         "passed": {
-            "throughput": medians["notifications_per_s"] >= TARGET_PER_S,
-            "latency": medians["latency_p99_ms"] <= TARGET_P99_MS,
+            "throughput": head["notifications_per_s"] >= TARGET_PER_S,
+            "latency": head["latency_p99_ms"] <= TARGET_P99_MS,
         },
+        "topologies": topologies,
         "runs": runs,
         "counts": {"drain": counts.drain, "steady": round(counts.rate * counts.steady_s)},
         "repeats": counts.repeats,
@@ -281,19 +322,26 @@ def render(report: dict[str, Any], console: Console) -> None:
 
     table = Table(title="tidings bench pipeline: validate → route → render → noop send → ledger"
                         " (medians)")
-    for column in ("measure", "raw redis-py", "tidings", "target", "result"):
+    for column in ("measure", "raw redis-py", *TOPOLOGIES, "target", "result"):
         table.add_column(column, justify="left" if column == "measure" else "right")
+    figures = report["topologies"]
+
+    def row(measure: str, fmt: str) -> list[str]:
+        return [fmt.format(figures[name][measure]) for name in TOPOLOGIES]
+
     table.add_row("drain, notifications/s", f"{report['raw_per_s']:,.0f}",
-                  f"{report['notifications_per_s']:,.0f}", f"≥ {TARGET_PER_S:,}",
+                  *row("notifications_per_s", "{:,.0f}"), f"≥ {TARGET_PER_S:,}",
                   verdict(report["passed"]["throughput"]))
+    table.add_row(f"achieved of {report['offered_per_s']:,}/s offered", "",
+                  *row("achieved_per_s", "{:,.0f}"), "", "")
     table.add_row(f"p50 at {report['offered_per_s']:,}/s offered, ms", "",
-                  f"{report['latency_p50_ms']:.1f}", "", "")
+                  *row("latency_p50_ms", "{:.1f}"), "", "")
     table.add_row(f"p99 at {report['offered_per_s']:,}/s offered, ms", "",
-                  f"{report['latency_p99_ms']:.1f}", f"≤ {TARGET_P99_MS:.0f}",
+                  *row("latency_p99_ms", "{:.1f}"), f"≤ {TARGET_P99_MS:.0f}",
                   verdict(report["passed"]["latency"]))
     table.caption = (
-        f"ratio tidings / raw {report['ratio']:.3f} · achieved {report['achieved_per_s']:,.0f}/s"
-        f" of {report['offered_per_s']:,}/s offered · Redis {report['redis_version']} · Python"
+        f"result: the {report['topology']} topology · ratio {report['topology']} / raw"
+        f" {report['ratio']:.3f} · Redis {report['redis_version']} · Python"
         f" {report['python_version']} · {report['cpus']} CPUs · {report['repeats']} runs ·"
         f" {report['seconds']}s"
     )
@@ -304,7 +352,7 @@ async def pipeline_command(
     settings: Settings, counts: Counts, json_output: bool, out: Console, err: Console
 ) -> None:
     report = await run_with_progress(
-        lambda step: run_pipeline_bench(settings, counts, step), 2 * counts.repeats,
+        lambda step: run_pipeline_bench(settings, counts, step), _steps(counts),
         "starting", err,
     )
     emit(report, json_output, out, render)

@@ -37,17 +37,22 @@ class Item:
     dropped: str | None = None
     retrying: RetryRequest | None = None
     rejected: tuple[str, str] | None = None
+    finished: bool = False
     attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
-        """Decided: routed, dropped, to be retried or rejected; later steps skip it."""
-        return (self.output is not None or self.dropped is not None
+        """Decided: routed, finished, dropped, to be retried or rejected; later steps skip it."""
+        return (self.output is not None or self.finished or self.dropped is not None
                 or self.retrying is not None or self.rejected is not None)
 
     def route(self, output: str) -> None:
         """Leave the stage through ``output`` (a name from the stage's outputs)."""
         self.output = output
+
+    def finish(self) -> None:
+        """Its work is complete in this stage (e.g. delivered there): no output needed."""
+        self.finished = True
 
     def drop(self, reason: str) -> None:
         """Stop here on purpose; the reason is handed to the stage's ``on_drop`` hook."""
@@ -253,6 +258,8 @@ async def _run_steps(stage: Stage, items: list[Item]) -> list[Item]:
 
 
 def _dispatch(stage: Stage, batch: Batch[Any], item: Item) -> None:
+    if item.finished:
+        return
     if item.output is None:
         if not stage.terminal:
             batch.reject(item.message, f"stage {stage.name!r} gave it no output")

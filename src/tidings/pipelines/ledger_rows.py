@@ -29,7 +29,8 @@ Claim = tuple[str, str]  # (tenant or '', idempotency key)
 
 @dataclass(frozen=True, slots=True)
 class MessageRecord:
-    """One ``messages`` row. ``payload`` is JSON-able; ``priority`` a transport lane."""
+    """One ``messages`` row. ``payload`` is JSON-able (or an ``orjson.Fragment`` of JSON
+    already encoded); ``priority`` a transport lane."""
 
     id: str
     topic: str
@@ -53,7 +54,8 @@ class MessageRecord:
     ) -> MessageRecord:
         """The ``messages`` row of a notification published as message ``message_id``."""
         return cls(
-            message_id, topic, notification.model_dump(mode="json"),
+            # Encoded once, by pydantic; the writer passes the bytes through as they are.
+            message_id, topic, orjson.Fragment(notification.model_dump_json()),
             priority=notification.lane.value, type=notification.type,
             tenant=notification.tenant, idempotency_key=notification.idempotency_key, **fields,
         )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -137,6 +137,7 @@ class NotificationPipeline:
         providers: ProviderFactory = providers_from_env,
         rules: Sequence[Rule] = (),
         send_concurrency: int = 32,
+        inline: Collection[Channel] | None = None,
     ) -> None:
         self.app = app
         self.router = Router(rules)
@@ -145,6 +146,9 @@ class NotificationPipeline:
         self.metrics = PipelineMetrics()
         self._providers = providers
         self._send_slots = send_concurrency
+        # Channels sent by the intake stage itself; None: TIDINGS_INLINE_CHANNELS, read at start.
+        self._inline_option = None if inline is None else frozenset(inline)
+        self.inline: frozenset[Channel] = frozenset()
         self._services: Services | None = None
         self.intake = app.topic(INTAKE, model=Notification)
         self.channel_topics = {c: app.topic(f"{INTAKE}.{c}", model=Dispatch) for c in CHANNELS}
@@ -160,7 +164,8 @@ class NotificationPipeline:
         outputs: dict[str, Topic[Dispatch]] = {c: t for c, t in self.channel_topics.items()}
         outputs["orchestration"] = self.orchestration
         graph.stage("intake", source=self.intake, outputs=outputs,
-                    steps=[self.accept, self.route, self.render, self.write_ledger])
+                    steps=[self.accept, self.route, self.render, self.deliver_inline,
+                           self.write_ledger])
         for channel, topic in self.channel_topics.items():
             graph.stage(channel, source=topic, steps=[self.deliver, self.write_ledger],
                         terminal=True)
@@ -178,6 +183,8 @@ class NotificationPipeline:
         if not app.has_database:
             return  # a producer (e.g. `tidings publish`) only needs the intake topic
         engine = app.engine
+        self.inline = (self._inline_option if self._inline_option is not None
+                       else ProviderSettings.from_env().inline_channels)
         templates = TemplateStore(engine)
         ledger = LedgerWriter(engine, on_flush=self.metrics.ledger_flushed)
         providers = await self._providers(app)
@@ -318,7 +325,8 @@ class NotificationPipeline:
                 await self._delay(item, dispatch, output, until)
                 continue
             split = item.split(dispatch)
-            split.route(output)
+            if mode == "fallback" or leg[0] not in self.inline:
+                split.route(output)  # else it stays for deliver_inline
             out.append(split)
         if not out:
             item.drop("delayed")
@@ -356,6 +364,18 @@ class NotificationPipeline:
         return items
 
     # -- delivery -------------------------------------------------------------------------
+
+    async def deliver_inline(self, items: list[Item]) -> list[Item]:
+        """Send the legs of inline channels here, without a stream hop (DESIGN.md D6: a hop is
+        for isolating a slow channel). One that is not delivered retries or dead-letters the
+        intake message as a whole; its legs already sent are not sent again (intents)."""
+        if not items:
+            return items
+        await self.services.sender.deliver(items, self.tally)
+        for item in items:
+            if item.retrying is None and item.rejected is None:
+                item.finish()
+        return items
 
     async def deliver(self, items: list[Item]) -> list[Item]:
         """Send every item through its channel's provider (or walk its fallback chain); settle

@@ -121,7 +121,8 @@ def compile_template(env: SandboxedEnvironment, template: Template) -> Compiled:
         except JinjaError as exc:
             raise TemplateError(template.name, template.channel, template.locale,
                                 f"{part}: syntax error: {exc}") from None
-        parts.append((part, env.template_class.from_code(env, code, env.make_globals(None))))
+        # Globals as a plain dict, not Jinja's ChainMap: every render copies them.
+        parts.append((part, env.template_class.from_code(env, code, dict(env.make_globals(None)))))
     return Compiled(template, tuple(parts))
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
 
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tidings.notification import Channel
 from tidings.settings import read_env
 
 
@@ -51,11 +54,25 @@ class ProviderSettings(BaseSettings):
     twilio_failover_auth_token: SecretStr | None = None
     twilio_failover_from: str | None = Field(None, description="Default: twilio_from")
 
+    inline_channels: Annotated[frozenset[Channel], NoDecode] = Field(
+        frozenset(),
+        description="Channels sent by the intake stage itself, with no stream hop between"
+        " (comma-separated, e.g. push,webhook): faster, but a slow provider there holds up"
+        " intake for every channel",
+    )
+
     http_timeout: float = Field(10.0, gt=0, description="Seconds per HTTP provider request")
     breaker: dict[str, float] = Field(
         default_factory=dict,
         description='Circuit breaker settings as JSON, e.g. {"open_s": 30, "min_calls": 20}',
     )
+
+    @field_validator("inline_channels", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @classmethod
     def from_env(cls, **overrides: object) -> ProviderSettings:
