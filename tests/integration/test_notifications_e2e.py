@@ -304,7 +304,7 @@ async def test_inline_and_hopping_channels_mix_in_one_notification(world: World)
 
 
 @pytest.mark.parametrize("inline", [frozenset(CHANNELS)])
-async def test_an_inline_transient_failure_retries_intake_and_sends_each_leg_once(
+async def test_an_inline_transient_failure_is_tried_again_by_its_channel_stage_once_sent(
     world: World,
 ) -> None:
     world.local.http.fault("sms", status=503, times=1)
@@ -314,22 +314,54 @@ async def test_an_inline_transient_failure_retries_intake_and_sends_each_leg_onc
         ("email", "ada@example.com"): ("sent", 1), ("push", "device-1"): ("sent", 1),
         ("sms", "+14155550123"): ("sent", 2),
     }
-    assert len(world.local.smtp.messages) == 1, "the rerun of intake did not send email again"
+    assert len(world.local.smtp.messages) == 1
     assert len(world.local.http.sms) == len(world.local.http.push) == 1
+    assert await _entries(world, "notifications.sms") == 1, "handed to the sms stage"
+    assert await _entries(world, "notifications.email") == 0
     assert await world.dead_letters("notifications") == []
 
 
-@pytest.mark.parametrize("inline", [frozenset(CHANNELS)])
-async def test_an_inline_permanent_failure_dead_letters_the_intake_message(
+@pytest.mark.parametrize("inline", [frozenset({"sms"})])
+async def test_an_inline_permanent_failure_is_its_channel_s_dead_letter_and_spares_the_rest(
     world: World,
 ) -> None:
-    bad = {"user_id": "u-9", "phone": "+15005550001"}  # Twilio's "not a valid number"
-    msg_id = await world.pipeline.publish(notification(channels=["sms"], recipient=bad))
+    bad = {"user_id": "u-9", "email": "u9@example.com", "phone": "+15005550001"}
+    msg_id = await world.pipeline.publish(notification(channels=["email", "sms"],
+                                                       recipient=bad))
     await world.harness.drain()
-    assert await world.attempts(msg_id) == {("sms", "+15005550001"): ("dead", 1)}
-    [dead] = await world.dead_letters("notifications")
-    assert dead[b"dead.kind"] == b"permanent"
+    assert await world.attempts(msg_id) == {("email", "u9@example.com"): ("sent", 1),
+                                            ("sms", "+15005550001"): ("dead", 1)}
+    assert len(world.local.smtp.messages) == 1, "the e-mail leg went out all the same"
     assert world.local.http.counts.by_status == {400: 1}, "a permanent failure is not retried"
+    assert await world.dead_letters("notifications") == []
+    [dead] = await world.dead_letters("notifications.sms")
+    assert dead[b"dead.kind"] == b"permanent"
+    assert b"21211" in dead[b"dead.reason"] or b"not a valid" in dead[b"dead.reason"]
+
+
+@pytest.mark.parametrize("inline", [frozenset(CHANNELS)])
+async def test_a_forced_replay_of_an_inline_letter_resends_only_its_own_channel(
+    world: World,
+) -> None:
+    app = world.pipeline.app
+    bad = {"user_id": "u-9", "email": "u9@example.com", "phone": "+15005550001"}
+    msg_id = await world.pipeline.publish(notification(channels=["email", "sms"],
+                                                       recipient=bad))
+    await world.harness.drain()
+    transport = app.transport
+    assert isinstance(transport, RedisTransport)
+    recorder = DeadLetterRecorder(transport.client, app.engine, app.namespace, consumer="t")
+    assert await recorder.record_once() == 1
+    [letter] = await DeadLetters(app.engine).find(Selection(), 10)
+    fix = parse_edit('notification.recipient.phone="+14155550199"')
+
+    await (await _replayer(world)).replay_one(letter["id"], [fix], force=True)
+    await world.harness.drain()
+    assert len(world.local.smtp.messages) == 1, "the delivered e-mail was not sent again"
+    assert [s.to for s in world.local.http.sms] == ["+14155550199"]
+    legs = await world.attempts(msg_id)
+    assert legs[("email", "u9@example.com")] == ("sent", 1)
+    assert legs[("sms", "+14155550199")] == ("sent", 1)
 
 
 # -- failures: retries, dead letters, replay -----------------------------------------------

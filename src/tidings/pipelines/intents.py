@@ -9,11 +9,19 @@ does not send blindly a second time (see :mod:`tidings.pipelines.sending`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 DeliveryKey = tuple[str, str, str]  # (message_id, channel, recipient)
+
+
+class Claim(NamedTuple):
+    """What a claim found: CLAIMED, BUSY or the leg's state, and its last recorded error."""
+
+    state: str
+    error: str | None
 
 CLAIMED = "claimed"
 """The leg is ours to send now."""
@@ -28,7 +36,7 @@ WITH want AS (
     FROM unnest(CAST(:message_id AS text[]), CAST(:channel AS text[]),
                 CAST(:recipient AS text[])) AS w(message_id, channel, recipient)
 ), prior AS (
-    SELECT d.message_id, d.channel, d.recipient,
+    SELECT d.message_id, d.channel, d.recipient, d.last_error,
            CASE WHEN d.state = 'sending'
                      AND d.updated_at > now() - make_interval(secs => :stale_s)
                 THEN 'busy' ELSE d.state END AS state
@@ -43,7 +51,7 @@ WITH want AS (
     RETURNING d.message_id, d.channel, d.recipient
 )
 SELECT want.message_id, want.channel, want.recipient, prior.state AS prior,
-       claimed.message_id IS NOT NULL AS claimed
+       prior.last_error, claimed.message_id IS NOT NULL AS claimed
 FROM want
 LEFT JOIN prior USING (message_id, channel, recipient)
 LEFT JOIN claimed USING (message_id, channel, recipient)
@@ -95,9 +103,10 @@ class Intents:
                 await conn.execute(_SUPERSEDE, {"message_id": [c[0] for c in channels],
                                                 "channel": [c[1] for c in channels]})
 
-    async def claim(self, legs: Sequence[DeliveryKey]) -> dict[DeliveryKey, str]:
+    async def claim(self, legs: Sequence[DeliveryKey]) -> dict[DeliveryKey, Claim]:
         """For each leg: CLAIMED, BUSY, or the state it was already in: 'sent', 'filtered',
-        'dead', or 'sending' (stale: its sender died; the outcome is unknown)."""
+        'dead', or 'sending' (stale: its sender died; the outcome is unknown), with the
+        leg's last recorded error."""
         if not legs:
             return {}
         params = {
@@ -108,13 +117,14 @@ class Intents:
         }
         async with self._engine.begin() as conn:
             rows = await conn.execute(_CLAIM, params)
-            result: dict[DeliveryKey, str] = {}
+            result: dict[DeliveryKey, Claim] = {}
             for row in rows:
                 key = (row.message_id, row.channel, row.recipient)
                 if row.claimed:
-                    result[key] = CLAIMED
+                    state = CLAIMED
                 elif row.prior in ("sent", "filtered", "dead", "sending"):
-                    result[key] = row.prior
+                    state = row.prior
                 else:
-                    result[key] = BUSY
+                    state = BUSY
+                result[key] = Claim(state, row.last_error)
             return result

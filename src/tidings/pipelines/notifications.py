@@ -366,15 +366,25 @@ class NotificationPipeline:
     # -- delivery -------------------------------------------------------------------------
 
     async def deliver_inline(self, items: list[Item]) -> list[Item]:
-        """Send the legs of inline channels here, without a stream hop (DESIGN.md D6: a hop is
-        for isolating a slow channel). One that is not delivered retries or dead-letters the
-        intake message as a whole; its legs already sent are not sent again (intents)."""
+        """Send the legs of inline channels here, with no stream hop (DESIGN.md D6: a hop is
+        for isolating a slow channel).
+
+        A leg gets one try here. One that was not delivered is handed to its channel's own
+        stage, which carries on as after a first try of its own: a transient failure or a wait
+        is tried again there at once and then by its retry policy; a permanent one is already
+        dead in the ledger, which that stage finds and dead-letters (so each channel's letters,
+        replays and retries stay its own, and the notification's other legs go on regardless).
+        """
         if not items:
             return items
         await self.services.sender.deliver(items, self.tally)
         for item in items:
+            dispatch: Dispatch = item.value
             if item.retrying is None and item.rejected is None:
                 item.finish()
+            else:
+                item.retrying = item.rejected = None
+                item.route(dispatch.channels[0])
         return items
 
     async def deliver(self, items: list[Item]) -> list[Item]:

@@ -22,7 +22,7 @@ from tidings.notification import Channel
 from tidings.observability.deliveries import PipelineMetrics
 from tidings.observability.logs import current_trace, trace_of
 from tidings.pipelines.graph import Item
-from tidings.pipelines.intents import BUSY, CLAIMED, DeliveryKey, Intents
+from tidings.pipelines.intents import BUSY, CLAIMED, Claim, DeliveryKey, Intents
 from tidings.pipelines.ledger import DeliveryState, LedgerError, LedgerWriter
 from tidings.retry import RetryPolicy
 from tidings.sinks.base import PERMANENT, Delivery, Failure, Provider, SendResult, deliveries
@@ -199,12 +199,12 @@ class Sender:
         return None
 
     async def _triage(
-        self, job: _Job, claims: dict[DeliveryKey, str], tally: Tally
+        self, job: _Job, claims: dict[DeliveryKey, Claim], tally: Tally
     ) -> list[tuple[_Job, Delivery]]:
         """The legs of ``job`` to send now; the others are settled from what the ledger says."""
         run, sends = job.run, []
         for leg in job.legs:
-            state = claims[(run.dispatch.message_id, job.channel, leg.address)]
+            state, error = claims[(run.dispatch.message_id, job.channel, leg.address)]
             if state == CLAIMED or (state == "sending" and idempotent(job.provider)):
                 sends.append((job, leg))
             elif state == "sent":
@@ -222,10 +222,10 @@ class Sender:
                 )
                 await self._record(run, unknown, tally, now_ms())
             else:  # filtered or dead already: final, nothing to send or record
+                why = f"already {state}" + (f": {error}" if error else "")
                 run.failures.append(SendResult(
                     job.provider.name, job.channel, leg.address, leg.idempotency_key,
-                    time.time(), 0.0, failure=Failure(PERMANENT, f"already {state}",
-                                                      code=f"already_{state}")))
+                    time.time(), 0.0, failure=Failure(PERMANENT, why, code=f"already_{state}")))
         return sends
 
     async def _record(self, run: _Run, result: SendResult, tally: Tally, done_ms: int) -> None:
