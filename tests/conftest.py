@@ -13,6 +13,8 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tidings.direct import DirectPool
+
 
 def _embedded_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # One embedded home per test session keeps the servers shared by every test in it.
@@ -122,3 +124,11 @@ def env(database_url: str, redis_url: str, schema_name: str,
         doomed = list(client.scan_iter(match=f"{namespace}*", count=1000))
         if doomed:
             client.delete(*doomed)
+
+
+@pytest.fixture
+async def direct(engine: AsyncEngine) -> AsyncIterator[DirectPool]:
+    """asyncpg connections to the test's schema, as the pipeline's ledger writes through."""
+    pool = DirectPool.of(engine)
+    yield pool
+    await pool.aclose()

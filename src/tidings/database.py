@@ -12,6 +12,8 @@ from sqlalchemy.schema import CreateSchema
 from tidings.errors import ConfigurationError, ConnectionFailed
 
 _ASYNC_SCHEME = "postgresql+asyncpg"
+# The engine carries its schema among its execution options, for connections made beside it.
+SCHEMA_OPTION = "tidings_schema"
 _ACCEPTED_SCHEMES = ("postgres", "postgresql", _ASYNC_SCHEME)
 
 
@@ -49,8 +51,14 @@ def create_engine(url: str, *, schema: str, pool_size: int, connect_timeout: flo
         "server_settings": {"search_path": f"{quote_ident(schema)}, public"},
     }
     return create_async_engine(
-        async_url(url), pool_size=pool_size, pool_pre_ping=True, connect_args=connect_args
+        async_url(url), pool_size=pool_size, pool_pre_ping=True, connect_args=connect_args,
+        execution_options={SCHEMA_OPTION: schema},
     )
+
+
+def schema_of(engine: AsyncEngine) -> str:
+    """The schema ``engine``'s connections resolve tables in (see :func:`create_engine`)."""
+    return str(engine.get_execution_options().get(SCHEMA_OPTION, "public"))
 
 
 def display_url(engine: AsyncEngine) -> str:

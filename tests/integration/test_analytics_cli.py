@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from tidings.cli import cli
 from tidings.database import create_engine, quote_ident
+from tidings.direct import DirectPool
 from tidings.migrate import upgrade
 from tidings.pipelines.ledger import LedgerWriter, MessageRecord
 
@@ -26,7 +27,8 @@ async def _seed(database_url: str, schema: str) -> None:
     engine = create_engine(database_url, schema=schema, pool_size=1, connect_timeout=5)
     try:
         await upgrade(engine, schema)
-        writer = LedgerWriter(engine)
+        direct = DirectPool.of(engine)
+        writer = LedgerWriter(direct)
         for i, state in enumerate(["sent", "sent", "failed"]):
             await writer.record_message(MessageRecord(f"m{i}", "notifications.intake", {},
                                                       type="welcome", created_at=ACCEPTED))
@@ -36,6 +38,7 @@ async def _seed(database_url: str, schema: str) -> None:
                 at=ACCEPTED + timedelta(milliseconds=300), duration_ms=20,
             )
         await writer.aclose()
+        await direct.aclose()
     finally:
         await engine.dispose()
 

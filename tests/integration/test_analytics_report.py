@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tidings.analytics.report import build_report
 from tidings.analytics.rollup import roll_up
 from tidings.analytics.stats import ENDINGS
+from tidings.direct import DirectPool
 from tidings.pipelines.ledger import LedgerWriter, MessageRecord
 
 pytestmark = [pytest.mark.postgres]
@@ -21,8 +22,8 @@ NOW = datetime.now(UTC)  # real time: roll-ups compare with the database clock
 
 
 @pytest.fixture
-async def writer(engine: AsyncEngine) -> AsyncIterator[LedgerWriter]:
-    writer = LedgerWriter(engine, max_batch=200, max_delay_ms=60_000)
+async def writer(engine: AsyncEngine, direct: DirectPool) -> AsyncIterator[LedgerWriter]:
+    writer = LedgerWriter(direct, max_batch=200, max_delay_ms=60_000)
     yield writer
     await writer.aclose()
 

@@ -15,6 +15,7 @@ from tidings.analytics.histogram import bucket_of
 from tidings.analytics.rollup import RollUp
 from tidings.analytics.rollup import roll_up as roll_up_settled
 from tidings.database import create_engine
+from tidings.direct import DirectPool
 from tidings.pipelines.ledger import LedgerWriter, MessageRecord
 
 pytestmark = [pytest.mark.postgres]
@@ -32,8 +33,8 @@ async def roll_up(engine: AsyncEngine, now: datetime) -> RollUp:
 
 
 @pytest.fixture
-async def writer(engine: AsyncEngine) -> AsyncIterator[LedgerWriter]:
-    writer = LedgerWriter(engine, max_delay_ms=60_000)
+async def writer(engine: AsyncEngine, direct: DirectPool) -> AsyncIterator[LedgerWriter]:
+    writer = LedgerWriter(direct, max_delay_ms=60_000)
     for i, (tenant, kind) in enumerate([("acme", "order.shipped"), ("zeta", "promo")]):
         record = MessageRecord(f"m{i + 1}", "notifications.intake", {}, tenant=tenant, type=kind,
                                created_at=T0)

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tidings.database import create_engine
+from tidings.direct import DirectPool
 from tidings.pipelines.ledger import LedgerError, LedgerWriter, MessageRecord
 from tidings.tables import delivery_events
 
@@ -19,8 +19,8 @@ T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-async def writer(engine: AsyncEngine) -> AsyncIterator[LedgerWriter]:
-    writer = LedgerWriter(engine, max_delay_ms=60_000)
+async def writer(engine: AsyncEngine, direct: DirectPool) -> AsyncIterator[LedgerWriter]:
+    writer = LedgerWriter(direct, max_delay_ms=60_000)
     await writer.record_message(MessageRecord("m1", "notifications", {}, created_at=T0))
     yield writer
     await writer.aclose()
@@ -94,8 +94,8 @@ async def test_a_rejected_delivery_drops_its_events_and_keeps_the_others(
 async def test_events_stay_buffered_with_their_delivery_while_the_database_is_away(
     schema_name: str,
 ) -> None:
-    away = create_engine("postgresql://postgres@127.0.0.1:1/test", schema=schema_name,
-                         pool_size=1, connect_timeout=1)
+    away = DirectPool("postgresql://postgres@127.0.0.1:1/test", schema=schema_name, size=1,
+                      connect_timeout=1)
     writer = LedgerWriter(away, retries=0, max_delay_ms=60_000)
     try:
         await writer.record_delivery("m1", "email", "a@example.com", "failed")
@@ -109,4 +109,4 @@ async def test_events_stay_buffered_with_their_delivery_while_the_database_is_aw
             ("failed", 1), ("sent", 2), ("failed", None)
         ]
     finally:
-        await away.dispose()
+        await away.aclose()

@@ -13,7 +13,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tidings.database import create_engine
+from tidings.direct import DirectPool
 from tidings.notification import Notification
 from tidings.pipelines.ledger import LedgerError, LedgerWriter, MessageRecord
 from tidings.tables import deliveries, messages
@@ -22,8 +22,8 @@ pytestmark = [pytest.mark.postgres]
 
 
 @pytest.fixture
-async def writer(engine: AsyncEngine) -> AsyncIterator[LedgerWriter]:
-    writer = LedgerWriter(engine, max_batch=500, max_delay_ms=20)
+async def writer(engine: AsyncEngine, direct: DirectPool) -> AsyncIterator[LedgerWriter]:
+    writer = LedgerWriter(direct, max_batch=500, max_delay_ms=20)
     yield writer
     await writer.aclose()
 
@@ -62,8 +62,10 @@ async def test_flush_writes_messages_and_deliveries(
     assert writer.pending == 0
 
 
-async def test_a_partial_batch_is_written_by_the_timer(engine: AsyncEngine) -> None:
-    writer = LedgerWriter(engine, max_delay_ms=20)
+async def test_a_partial_batch_is_written_by_the_timer(
+    engine: AsyncEngine, direct: DirectPool
+) -> None:
+    writer = LedgerWriter(direct, max_delay_ms=20)
     try:
         await writer.record_message(_message("m1"))
         await writer.record_delivery("m1", "sms", "+14155550123", "accepted")
@@ -78,8 +80,10 @@ async def test_a_partial_batch_is_written_by_the_timer(engine: AsyncEngine) -> N
         await writer.aclose()
 
 
-async def test_a_full_batch_is_written_before_record_returns(engine: AsyncEngine) -> None:
-    writer = LedgerWriter(engine, max_batch=10, max_delay_ms=60_000)
+async def test_a_full_batch_is_written_before_record_returns(
+    engine: AsyncEngine, direct: DirectPool
+) -> None:
+    writer = LedgerWriter(direct, max_batch=10, max_delay_ms=60_000)
     try:
         await writer.record_message(_message("m1"))
         for i in range(9):
@@ -90,8 +94,10 @@ async def test_a_full_batch_is_written_before_record_returns(engine: AsyncEngine
         await writer.aclose()
 
 
-async def test_aclose_flushes_and_then_refuses_rows(engine: AsyncEngine) -> None:
-    writer = LedgerWriter(engine, max_delay_ms=60_000)
+async def test_aclose_flushes_and_then_refuses_rows(
+    engine: AsyncEngine, direct: DirectPool
+) -> None:
+    writer = LedgerWriter(direct, max_delay_ms=60_000)
     await writer.record_message(_message("m1"))
     await writer.aclose()
 
@@ -165,7 +171,7 @@ async def test_a_final_state_is_never_left_and_accepted_never_overwrites(
 
 
 async def test_merging_in_memory_gives_what_upserting_one_by_one_gives(
-    engine: AsyncEngine, writer: LedgerWriter
+    engine: AsyncEngine, direct: DirectPool, writer: LedgerWriter
 ) -> None:
     # The in-batch merge must mirror the SQL upsert exactly: 200 random histories, each
     # written once flushed after every record and once as a single batch.
@@ -174,7 +180,7 @@ async def test_merging_in_memory_gives_what_upserting_one_by_one_gives(
     histories = [[rng.choice(states) for _ in range(rng.randint(1, 6))] for _ in range(200)]
     await writer.record_message(_message("m1"))
     await writer.flush()
-    batched = LedgerWriter(engine, max_batch=10_000, max_delay_ms=60_000)
+    batched = LedgerWriter(direct, max_batch=10_000, max_delay_ms=60_000)
     for i, history in enumerate(histories):
         for step, state in enumerate(history):
             fields = {"provider": f"p{step}" if rng.random() < 0.5 else None,
@@ -238,10 +244,10 @@ async def test_keys_are_per_tenant(
 
 
 async def test_concurrent_claims_of_one_key_let_exactly_one_through(
-    engine: AsyncEngine, database_url: str, schema_name: str
+    engine: AsyncEngine, direct: DirectPool, database_url: str, schema_name: str
 ) -> None:
-    other = create_engine(database_url, schema=schema_name, pool_size=2, connect_timeout=5)
-    writers = [LedgerWriter(engine), LedgerWriter(other)]
+    other = DirectPool(database_url, schema=schema_name, size=2)
+    writers = [LedgerWriter(direct), LedgerWriter(other)]
     try:
         results = await asyncio.gather(*(
             w.claim_idempotency_keys([_message(f"w{i}-{j}", f"k{j}") for j in range(50)])
@@ -250,7 +256,7 @@ async def test_concurrent_claims_of_one_key_let_exactly_one_through(
     finally:
         for w in writers:
             await w.aclose()
-        await other.dispose()
+        await other.aclose()
 
     assert len(results[0]) + len(results[1]) == 50
     assert await _count(engine, "messages") == 50
@@ -361,7 +367,7 @@ async def test_rows_kept_while_the_database_is_away_are_written_when_it_is_back(
     proxy = Proxy(port, socket_dir if isinstance(socket_dir, str) else None)
     await proxy.start()
     url = f"postgresql://{engine.url.username}@127.0.0.1:{proxy.port}/{engine.url.database}"
-    proxied = create_engine(url, schema=schema_name, pool_size=1, connect_timeout=1)
+    proxied = DirectPool(url, schema=schema_name, size=1, connect_timeout=1)
     writer = LedgerWriter(proxied, retries=1, retry_delay_s=0.01, max_delay_ms=60_000)
     try:
         await writer.record_message(_message("m1"))
@@ -379,20 +385,20 @@ async def test_rows_kept_while_the_database_is_away_are_written_when_it_is_back(
         await writer.aclose()
     finally:
         await proxy.stop()
-        await proxied.dispose()
+        await proxied.aclose()
 
     [row] = await _deliveries(engine)
     assert (row.state, row.attempts, row.provider_message_id) == ("sent", 3, "id-1")
 
 
-def _unreachable(schema_name: str) -> AsyncEngine:
-    return create_engine("postgresql://postgres@127.0.0.1:1/test", schema=schema_name,
-                         pool_size=1, connect_timeout=1)
+def _unreachable(schema_name: str) -> DirectPool:
+    return DirectPool("postgresql://postgres@127.0.0.1:1/test", schema=schema_name, size=1,
+                      connect_timeout=1)
 
 
 async def test_an_unreachable_database_keeps_the_rows_and_says_so(schema_name: str) -> None:
-    engine = _unreachable(schema_name)
-    writer = LedgerWriter(engine, retries=2, retry_delay_s=0.01, max_delay_ms=60_000)
+    direct = _unreachable(schema_name)
+    writer = LedgerWriter(direct, retries=2, retry_delay_s=0.01, max_delay_ms=60_000)
     try:
         await writer.record_message(_message("m1"))
         await writer.record_delivery("m1", "email", "ada@example.com", "accepted")
@@ -403,24 +409,24 @@ async def test_an_unreachable_database_keeps_the_rows_and_says_so(schema_name: s
         assert (raised.value.rows, raised.value.retained) == (2, True)
         assert writer.pending == 2
     finally:
-        await engine.dispose()
+        await direct.aclose()
 
 
 async def test_a_claim_that_cannot_reach_the_database_raises(schema_name: str) -> None:
-    engine = _unreachable(schema_name)
-    writer = LedgerWriter(engine, retries=1, retry_delay_s=0.01)
+    direct = _unreachable(schema_name)
+    writer = LedgerWriter(direct, retries=1, retry_delay_s=0.01)
     try:
         with pytest.raises(LedgerError, match="could not claim the idempotency keys of 1"):
             await writer.claim_idempotency_keys([_message("m1", "k")])
     finally:
-        await engine.dispose()
+        await direct.aclose()
 
 
 async def test_rows_a_failed_timer_flush_kept_are_not_refused_but_flushed_again(
     schema_name: str,
 ) -> None:
-    engine = _unreachable(schema_name)
-    writer = LedgerWriter(engine, retries=0, max_delay_ms=1)
+    direct = _unreachable(schema_name)
+    writer = LedgerWriter(direct, retries=0, max_delay_ms=1)
     try:
         await writer.record_message(_message("m1"))
         for _ in range(200):  # until the timer flush has run (and failed)
@@ -434,14 +440,14 @@ async def test_rows_a_failed_timer_flush_kept_are_not_refused_but_flushed_again(
             await writer.flush()  # the next flush tries them again, and says it failed
         assert writer.pending == 2
     finally:
-        await engine.dispose()
+        await direct.aclose()
 
 
 # -- throughput (D7) -------------------------------------------------------------------------
 
 
 async def test_batched_writes_are_many_times_faster_than_one_insert_per_row(
-    engine: AsyncEngine,
+    engine: AsyncEngine, direct: DirectPool,
 ) -> None:
     rows = 20_000
     async with engine.begin() as conn:
@@ -460,7 +466,7 @@ async def test_batched_writes_are_many_times_faster_than_one_insert_per_row(
             await conn.commit()
     single = single_rows / (time.perf_counter() - started)
 
-    writer = LedgerWriter(engine, max_batch=500, max_delay_ms=20)
+    writer = LedgerWriter(direct, max_batch=500, max_delay_ms=20)
     started = time.perf_counter()
     for i in range(rows):
         await writer.record_delivery(f"m{i}", "email", "batched", "sent", "smtp", f"p{i}")

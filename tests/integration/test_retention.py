@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.analytics.report import truncate
 from tidings.analytics.retention import Removed, Retention, apply_retention
+from tidings.direct import DirectPool
 from tidings.pipelines.ledger import LedgerWriter, MessageRecord
 from tidings.tables import delivery_stats_day, delivery_stats_hour, delivery_stats_minute
 
@@ -27,13 +28,18 @@ async def _ids(engine: AsyncEngine, query: str) -> list[str]:
 
 
 async def _messages(engine: AsyncEngine, ages: dict[str, timedelta]) -> None:
-    writer = LedgerWriter(engine, max_delay_ms=60_000)
-    for name, age in ages.items():
-        accepted = NOW - age
-        await writer.record_message(MessageRecord(name, "t", {}, created_at=accepted))
-        for state in ("failed", "sent"):
-            await writer.record_delivery(name, "email", "a@example.com", state, at=accepted)
-    await writer.aclose()
+    direct = DirectPool.of(engine)
+    writer = LedgerWriter(direct, max_delay_ms=60_000)
+    try:
+        for name, age in ages.items():
+            accepted = NOW - age
+            await writer.record_message(MessageRecord(name, "t", {}, created_at=accepted))
+            for state in ("failed", "sent"):
+                await writer.record_delivery(name, "email", "a@example.com", state,
+                                             at=accepted)
+        await writer.aclose()
+    finally:
+        await direct.aclose()
 
 
 async def test_ledger_rows_older_than_the_cutoff_go_with_their_deliveries_and_events(

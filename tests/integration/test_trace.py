@@ -10,6 +10,7 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.analytics.trace import UnknownNotification, load_trace
+from tidings.direct import DirectPool
 from tidings.pipelines.ledger import LedgerWriter, MessageRecord
 from tidings.tables import dead_letter_replays, dead_letters
 
@@ -18,7 +19,14 @@ T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
 async def _story(engine: AsyncEngine) -> None:
-    writer = LedgerWriter(engine, max_delay_ms=60_000)
+    direct = DirectPool.of(engine)
+    try:
+        await _write_story(LedgerWriter(direct, max_delay_ms=60_000))
+    finally:
+        await direct.aclose()
+
+
+async def _write_story(writer: LedgerWriter) -> None:
     await writer.record_message(MessageRecord(
         "m1", "notifications.intake", {}, priority="high", type="order.shipped",
         tenant="acme", trace_id="t-42", created_at=T0,

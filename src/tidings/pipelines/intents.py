@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from tidings.direct import DirectPool, Statement
 
 DeliveryKey = tuple[str, str, str]  # (message_id, channel, recipient)
 
@@ -30,7 +29,7 @@ BUSY = "busy"
 
 # A row in accepted / delayed / failed moves to 'sending' and is ours; a missing one is created
 # so. Any other state is reported as it was; a 'sending' row younger than :stale_s is busy.
-_CLAIM = text("""
+_CLAIM = Statement.parse("""
 WITH want AS (
     SELECT DISTINCT message_id, channel, recipient
     FROM unnest(CAST(:message_id AS text[]), CAST(:channel AS text[]),
@@ -58,7 +57,7 @@ LEFT JOIN claimed USING (message_id, channel, recipient)
 """)
 
 
-_RELEASE = text("""
+_RELEASE = Statement.parse("""
 UPDATE deliveries AS d SET state = 'failed', updated_at = now(),
        last_error = 'not sent: interrupted before its provider was called'
 FROM unnest(CAST(:message_id AS text[]), CAST(:channel AS text[]), CAST(:recipient AS text[]))
@@ -68,7 +67,7 @@ WHERE d.message_id = r.message_id AND d.channel = r.channel AND d.recipient = r.
 """)
 
 
-_SUPERSEDE = text("""
+_SUPERSEDE = Statement.parse("""
 UPDATE deliveries AS d SET state = 'dead', updated_at = now(),
        last_error = coalesce(d.last_error || '; ', '')
                     || 'superseded: the fallback chain delivered on an earlier channel'
@@ -80,8 +79,8 @@ WHERE d.message_id = s.message_id AND d.channel = s.channel AND d.state = 'faile
 class Intents:
     """Claims delivery legs before they are sent, one statement per batch."""
 
-    def __init__(self, engine: AsyncEngine, *, stale_after_s: float = 30.0) -> None:
-        self._engine = engine
+    def __init__(self, direct: DirectPool, *, stale_after_s: float = 30.0) -> None:
+        self._direct = direct
         # A 'sending' row older than this belongs to a worker that died mid-send.
         self._stale_s = stale_after_s
 
@@ -89,19 +88,17 @@ class Intents:
         """Give back claimed legs whose provider was never called (the batch was interrupted):
         they are retried like a failure, not mistaken later for an outcome unknown."""
         if legs:
-            async with self._engine.begin() as conn:
-                await conn.execute(_RELEASE, {
-                    "message_id": [leg[0] for leg in legs],
-                    "channel": [leg[1] for leg in legs],
-                    "recipient": [leg[2] for leg in legs],
-                })
+            await self._direct.execute(_RELEASE, {
+                "message_id": [leg[0] for leg in legs],
+                "channel": [leg[1] for leg in legs],
+                "recipient": [leg[2] for leg in legs],
+            })
 
     async def supersede(self, channels: Sequence[tuple[str, str]]) -> None:
         """End the 'failed' legs of (message, channel)s a fallback chain no longer needs."""
         if channels:
-            async with self._engine.begin() as conn:
-                await conn.execute(_SUPERSEDE, {"message_id": [c[0] for c in channels],
-                                                "channel": [c[1] for c in channels]})
+            await self._direct.execute(_SUPERSEDE, {"message_id": [c[0] for c in channels],
+                                                    "channel": [c[1] for c in channels]})
 
     async def claim(self, legs: Sequence[DeliveryKey]) -> dict[DeliveryKey, Claim]:
         """For each leg: CLAIMED, BUSY, or the state it was already in: 'sent', 'filtered',
@@ -115,16 +112,15 @@ class Intents:
             "recipient": [leg[2] for leg in legs],
             "stale_s": self._stale_s,
         }
-        async with self._engine.begin() as conn:
-            rows = await conn.execute(_CLAIM, params)
-            result: dict[DeliveryKey, Claim] = {}
-            for row in rows:
-                key = (row.message_id, row.channel, row.recipient)
-                if row.claimed:
-                    state = CLAIMED
-                elif row.prior in ("sent", "filtered", "dead", "sending"):
-                    state = row.prior
-                else:
-                    state = BUSY
-                result[key] = Claim(state, row.last_error)
-            return result
+        result: dict[DeliveryKey, Claim] = {}
+        for row in await self._direct.fetch(_CLAIM, params):  # one statement: atomic
+            key = (row["message_id"], row["channel"], row["recipient"])
+            prior = row["prior"]
+            if row["claimed"]:
+                state = CLAIMED
+            elif prior in ("sent", "filtered", "dead", "sending"):
+                state = prior
+            else:
+                state = BUSY
+            result[key] = Claim(state, row["last_error"])
+        return result

@@ -30,9 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
+from tidings.direct import DirectPool, Transaction, transient
 from tidings.errors import TidingsError
 from tidings.pipelines.ledger_rows import (
     CLAIM,
@@ -106,18 +104,12 @@ class _Batch:
         )
 
 
-def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
-
-
 class LedgerWriter:
     """Buffers ledger rows and writes them in batches; see the module docstring."""
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        direct: DirectPool,
         *,
         max_batch: int = 500,
         max_delay_ms: float = 20,
@@ -127,7 +119,7 @@ class LedgerWriter:
     ) -> None:
         if max_batch < 1 or max_delay_ms < 0 or retries < 0:
             raise ValueError("max_batch must be >= 1, max_delay_ms and retries >= 0")
-        self._engine = engine
+        self._direct = direct
         self._max_batch = max_batch
         self._delay_s = max_delay_ms / 1000
         self._retries = retries
@@ -212,11 +204,11 @@ class LedgerWriter:
             return duplicates
         records = list(unique.values())
 
-        async def insert(conn: AsyncConnection) -> tuple[dict[str, Claim], dict[Claim, str]]:
-            inserted = set((await conn.execute(CLAIM, message_columns(records))).scalars())
+        async def insert(tx: Transaction) -> tuple[dict[str, Claim], dict[Claim, str]]:
+            inserted = {row["id"] for row in await tx.fetch(CLAIM, message_columns(records))}
             contested = {r.id: c for r in records if r.id not in inserted
                          and (c := r.claim) is not None}
-            return contested, await claim_owners(conn, list(contested.values()))
+            return contested, await claim_owners(tx, list(contested.values()))
 
         try:
             contested, owners = await self._retrying(insert)
@@ -321,7 +313,7 @@ class LedgerWriter:
         try:
             await self._write_with_retries(messages, deliveries)
         except Exception as exc:
-            if _transient(exc):
+            if transient(exc):
                 raise
             if len(messages) + len(deliveries) == 1:
                 batch.reject(messages, deliveries, exc)
@@ -345,25 +337,25 @@ class LedgerWriter:
     async def _write_with_retries(
         self, messages: list[MessageRecord], deliveries: dict[DeliveryKey, DeliveryRow]
     ) -> None:
-        async def write(conn: AsyncConnection) -> None:
+        async def write(tx: Transaction) -> None:
             if messages:
-                await conn.execute(INSERT_MESSAGES, message_columns(messages))
+                await tx.execute(INSERT_MESSAGES, message_columns(messages))
             if deliveries:
-                upserted = await conn.execute(UPSERT_DELIVERIES, delivery_columns(deliveries))
+                upserted = await tx.fetch(UPSERT_DELIVERIES, delivery_columns(deliveries))
                 attempts = {(r[0], r[1], r[2]): r[3] for r in upserted}
-                await conn.execute(INSERT_EVENTS, event_columns(deliveries, attempts))
+                await tx.execute(INSERT_EVENTS, event_columns(deliveries, attempts))
 
         await self._retrying(write)
 
-    async def _retrying(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def _retrying(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
         """``work`` in one transaction, tried again after a connection failure."""
         attempt = 0
         while True:
             try:
-                async with self._engine.begin() as conn:
-                    return await work(conn)
+                async with self._direct.transaction() as tx:
+                    return await work(tx)
             except Exception as exc:
-                if being_cancelled() or not _transient(exc) or attempt == self._retries:
+                if being_cancelled() or not transient(exc) or attempt == self._retries:
                     raise
             await asyncio.sleep(self._retry_delay_s * 2**attempt)
             attempt += 1

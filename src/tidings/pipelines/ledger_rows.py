@@ -9,10 +9,9 @@ from datetime import datetime
 from typing import Any, Literal, get_args
 
 import orjson
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tidings.direct import Statement, Transaction
 from tidings.notification import Notification
 
 DeliveryState = Literal[
@@ -133,12 +132,12 @@ FROM unnest(CAST(:id AS text[]), CAST(:topic AS text[]), CAST(:key AS text[]),
      AS m(id, topic, key, priority, type, tenant, idempotency_key, payload, trace_id, created_at)
 ON CONFLICT DO NOTHING
 """
-INSERT_MESSAGES = text(MESSAGES_SQL)
+INSERT_MESSAGES = Statement.parse(MESSAGES_SQL)
 # The same insert, telling which rows it wrote: the claims this batch won.
-CLAIM = text(MESSAGES_SQL + "RETURNING id")
+CLAIM = Statement.parse(MESSAGES_SQL + "RETURNING id")
 
 # The final states in the WHERE keep a finished delivery untouched by anything late.
-UPSERT_DELIVERIES = text("""
+UPSERT_DELIVERIES = Statement.parse("""
 INSERT INTO deliveries AS d (message_id, channel, recipient, state, provider,
                              provider_message_id, attempts, last_error, created_at,
                              updated_at, sent_at)
@@ -165,7 +164,7 @@ RETURNING message_id, channel, recipient, attempts
 
 # Events are appended after the upsert, in the same transaction: the attempts it returned
 # number them.
-INSERT_EVENTS = text("""
+INSERT_EVENTS = Statement.parse("""
 INSERT INTO delivery_events (message_id, channel, recipient, state, attempt, provider,
                              provider_message_id, error, duration_ms, at)
 SELECT * FROM unnest(
@@ -175,7 +174,7 @@ SELECT * FROM unnest(
     CAST(:duration_ms AS double precision[]), CAST(:at AS timestamptz[]))
 """)
 
-OWNERS = text("""
+OWNERS = Statement.parse("""
 SELECT m.id, coalesce(m.tenant, '') AS tenant, m.idempotency_key
 FROM messages AS m
 JOIN unnest(CAST(:tenant AS text[]), CAST(:idempotency_key AS text[])) AS k(tenant, key)
@@ -241,13 +240,13 @@ def event_columns(
     return columns
 
 
-async def claim_owners(conn: AsyncConnection, claims: list[Claim]) -> dict[Claim, str]:
+async def claim_owners(tx: Transaction, claims: list[Claim]) -> dict[Claim, str]:
     """The id of the message holding each (tenant, idempotency key)."""
     if not claims:
         return {}
     params = {"tenant": [c[0] for c in claims], "idempotency_key": [c[1] for c in claims]}
-    rows = await conn.execute(OWNERS, params)
-    return {(row.tenant, row.idempotency_key): row.id for row in rows}
+    rows = await tx.fetch(OWNERS, params)
+    return {(row["tenant"], row["idempotency_key"]): row["id"] for row in rows}
 
 
 def one_line(exc: BaseException) -> str:

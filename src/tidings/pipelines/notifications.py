@@ -29,6 +29,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from tidings.app import App
+from tidings.direct import DirectPool
 from tidings.notification import Channel, Content, Notification
 from tidings.observability.deliveries import NO_PROVIDER, PipelineMetrics
 from tidings.pipelines.graph import Item, Pipeline
@@ -82,6 +83,7 @@ ProviderFactory = Callable[[App], Awaitable[dict[Channel, Provider]]]
 class Services:
     """What the steps need once connections are open; built by the app's start hook."""
 
+    direct: DirectPool
     ledger: LedgerWriter
     templates: TemplateStore
     renderer: Renderer
@@ -186,18 +188,22 @@ class NotificationPipeline:
         self.inline = (self._inline_option if self._inline_option is not None
                        else ProviderSettings.from_env().inline_channels)
         templates = TemplateStore(engine)
-        ledger = LedgerWriter(engine, on_flush=self.metrics.ledger_flushed)
+        settings = app.settings
+        direct = DirectPool.of(engine, size=settings.database_pool_size,
+                               connect_timeout=settings.connect_timeout)
+        ledger = LedgerWriter(direct, on_flush=self.metrics.ledger_flushed)
         providers = await self._providers(app)
         # A 'sending' row older than the reclaim idle time belongs to a worker that died.
-        stale_s = app.settings.claim_idle_ms / 1000
+        stale_s = settings.claim_idle_ms / 1000
         self._services = Services(
+            direct=direct,
             ledger=ledger,
             templates=templates,
             renderer=Renderer(templates),
             preferences=PreferenceStore(engine),
             schedules=Schedules(engine),
             providers=providers,
-            sender=Sender(ledger, Intents(engine, stale_after_s=stale_s), providers,
+            sender=Sender(ledger, Intents(direct, stale_after_s=stale_s), providers,
                           self.retry_policy, concurrency=self._send_slots,
                           busy_wait_s=stale_s, metrics=self.metrics),
         )
@@ -209,8 +215,11 @@ class NotificationPipeline:
         try:
             await services.ledger.aclose()
         finally:
-            for provider in services.providers.values():
-                await provider.aclose()
+            try:
+                await services.direct.aclose()
+            finally:
+                for provider in services.providers.values():
+                    await provider.aclose()
 
     # -- publishing -----------------------------------------------------------------------
 
