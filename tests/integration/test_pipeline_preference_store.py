@@ -9,8 +9,14 @@ from sqlalchemy import insert, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tidings.direct import DirectPool
 from tidings.migrate import downgrade, upgrade
-from tidings.pipelines.preferences import Preferences, PreferenceStore, QuietHours
+from tidings.pipelines.preferences import (
+    PreferenceLookup,
+    Preferences,
+    PreferenceStore,
+    QuietHours,
+)
 from tidings.tables import preferences
 
 pytestmark = [pytest.mark.postgres]
@@ -45,21 +51,24 @@ async def test_put_again_replaces_the_preferences(engine: AsyncEngine) -> None:
     }
 
 
-async def test_tenants_are_kept_apart(engine: AsyncEngine) -> None:
+async def test_tenants_are_kept_apart(engine: AsyncEngine, direct: DirectPool) -> None:
     store = PreferenceStore(engine)
     acme = Preferences(user_id="ada", tenant="acme", opted_out=frozenset({"email"}))
     await store.put(ADA)
     await store.put(acme)
 
     assert await store.get_many(["ada"], tenant="acme") == {"ada": acme}
-    assert await store.get_pairs([("acme", "ada"), ("default", "ada"), ("x", "ada")]) == {
+    lookup = PreferenceLookup(direct)
+    pairs = [("acme", "ada"), ("default", "ada"), ("x", "ada"), ("acme", "ada")]
+    assert await lookup.get_pairs(pairs) == {
         ("acme", "ada"): acme,
         ("default", "ada"): ADA,
     }
 
 
-async def test_get_many_of_nobody_asks_nothing(engine: AsyncEngine) -> None:
+async def test_get_many_of_nobody_asks_nothing(engine: AsyncEngine, direct: DirectPool) -> None:
     assert await PreferenceStore(engine).get_many([]) == {}
+    assert await PreferenceLookup(direct).get_pairs([]) == {}
 
 
 async def test_get_many_reads_a_thousand_users_in_one_query(engine: AsyncEngine) -> None:

@@ -35,7 +35,13 @@ from tidings.observability.deliveries import NO_PROVIDER, PipelineMetrics
 from tidings.pipelines.graph import Item, Pipeline
 from tidings.pipelines.intents import Intents
 from tidings.pipelines.ledger import DeliveryState, LedgerWriter, MessageRecord
-from tidings.pipelines.preferences import Outcome, Preferences, PreferenceStore, decide
+from tidings.pipelines.preferences import (
+    Outcome,
+    PreferenceLookup,
+    Preferences,
+    PreferenceStore,
+    decide,
+)
 from tidings.pipelines.routing import Router, Rule
 from tidings.pipelines.sending import Sender
 from tidings.pipelines.templates import Renderer, TemplateError, TemplateStore
@@ -88,6 +94,7 @@ class Services:
     templates: TemplateStore
     renderer: Renderer
     preferences: PreferenceStore
+    lookup: PreferenceLookup
     schedules: Schedules
     providers: dict[Channel, Provider]
     sender: Sender
@@ -201,6 +208,7 @@ class NotificationPipeline:
             templates=templates,
             renderer=Renderer(templates),
             preferences=PreferenceStore(engine),
+            lookup=PreferenceLookup(direct),
             schedules=Schedules(engine),
             providers=providers,
             sender=Sender(ledger, Intents(direct, stale_after_s=stale_s), providers,
@@ -266,7 +274,7 @@ class NotificationPipeline:
         """Pick channels (explicit, or ``auto`` by preference / rule), honour opt-outs, quiet
         hours and ``send_at``."""
         keys = [(i.value.tenant, i.value.recipient.user_id) for i in items]
-        prefs = await self.services.preferences.get_pairs(keys)
+        prefs = await self.services.lookup.get_pairs(keys)
         now = datetime.now(UTC)
         for item in items:
             n: Notification = item.value

@@ -9,17 +9,18 @@ priority bypasses quiet hours; it never bypasses an opt-out, which is the user's
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any, get_args
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Row, func, select, tuple_
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tidings.direct import DirectPool, Statement
 from tidings.errors import ConfigurationError
 from tidings.notification import Channel, Notification, NotificationPriority, check_timezone
 from tidings.tables.preferences import preferences as preferences_table
@@ -153,11 +154,13 @@ def _resolve(naive: datetime, zone: ZoneInfo) -> datetime:
     return high.replace(microsecond=0).astimezone(zone)
 
 
-def _preferences(row: Row[Any]) -> Preferences:
-    quiet = None if row.quiet_start is None else QuietHours(row.quiet_start, row.quiet_end)
+def _preferences(row: Mapping[Any, Any]) -> Preferences:
+    start, end = row["quiet_start"], row["quiet_end"]
     return Preferences(
-        user_id=row.user_id, tenant=row.tenant, opted_out=frozenset(row.opted_out),
-        channel_order=tuple(row.channel_order), quiet_hours=quiet, timezone=row.timezone,
+        user_id=row["user_id"], tenant=row["tenant"], opted_out=frozenset(row["opted_out"]),
+        channel_order=tuple(row["channel_order"]),
+        quiet_hours=None if start is None else QuietHours(start, end),
+        timezone=row["timezone"],
     )
 
 
@@ -198,7 +201,23 @@ class PreferenceStore:
         query = select(preferences_table).where(c.tenant == tenant, c.user_id.in_(ids))
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return {row.user_id: _preferences(row) for row in rows}
+        return {row.user_id: _preferences(row._mapping) for row in rows}
+
+
+_PAIRS = Statement.parse("""
+SELECT p.tenant, p.user_id, p.opted_out, p.channel_order, p.quiet_start, p.quiet_end,
+       p.timezone
+FROM preferences AS p
+JOIN (SELECT DISTINCT * FROM unnest(CAST(:tenant AS text[]), CAST(:user_id AS text[])))
+     AS k(tenant, user_id) USING (tenant, user_id)
+""")
+
+
+class PreferenceLookup:
+    """The pipeline's read of preferences: one batch's recipients in one statement."""
+
+    def __init__(self, direct: DirectPool) -> None:
+        self._direct = direct
 
     async def get_pairs(
         self, keys: Sequence[tuple[str, str]]
@@ -206,10 +225,6 @@ class PreferenceStore:
         """Preferences for (tenant, user_id) pairs across tenants, in one query."""
         if not keys:
             return {}
-        c = preferences_table.c
-        query = select(preferences_table).where(
-            tuple_(c.tenant, c.user_id).in_(list(dict.fromkeys(keys)))
-        )
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return {(row.tenant, row.user_id): _preferences(row) for row in rows}
+        rows = await self._direct.fetch(_PAIRS, {"tenant": [k[0] for k in keys],
+                                                 "user_id": [k[1] for k in keys]})
+        return {(row["tenant"], row["user_id"]): _preferences(row) for row in rows}
