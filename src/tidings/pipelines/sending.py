@@ -124,20 +124,26 @@ class Sender:
         claims = await self.intents.claim(
             [(j.run.dispatch.message_id, j.channel, leg.address) for j in jobs for leg in j.legs]
         )
-        slots = asyncio.Semaphore(self.concurrency)
         sends: list[tuple[_Job, Delivery]] = []
         for job in jobs:
             sends += await self._triage(job, claims, tally)
         traced = tracing.enabled()
         called: set[int] = set()
+        outcomes: list[SendResult | None] = [None] * len(sends)
+        pending = iter(enumerate(sends))
+
+        async def sender() -> None:  # one of at most `concurrency`, taking legs in turn
+            for index, (job, leg) in pending:
+                outcomes[index] = await self._send(job, leg, traced, called)
+
         try:
-            results = await asyncio.gather(
-                *(self._send(job, leg, slots, traced, called) for job, leg in sends))
+            await asyncio.gather(*(sender() for _ in range(min(self.concurrency, len(sends)))))
         except BaseException:  # cancelled (shutdown deadline) or broken: free the unsent legs
             unsent = [(j.run.dispatch.message_id, j.channel, leg.address)
                       for j, leg in sends if id(leg) not in called]
             await asyncio.shield(self.intents.release(unsent))
             raise
+        results = [r for r in outcomes if r is not None]
         await self._record_all(sends, results, tally)
         sent_now = {id(job) for (job, _), result in zip(sends, results, strict=True)
                     if result.ok}
@@ -149,21 +155,20 @@ class Sender:
                 run.delivered = not run.busy and not any(
                     f.channel == job.channel for f in run.failures)
 
-    async def _send(self, job: _Job, leg: Delivery, slots: asyncio.Semaphore,
-                    traced: bool, called: set[int]) -> SendResult:
-        # Each send is a task of its own (gather): what its provider logs names the message.
+    async def _send(self, job: _Job, leg: Delivery, traced: bool,
+                    called: set[int]) -> SendResult:
+        # What the provider logs names the message (the sender task's own context).
         trace = trace_of(job.run.item.message)
         current_trace.set(trace)
-        async with slots:
-            called.add(id(leg))  # from here its outcome may be unknown
-            if not traced:
-                return await guarded(job.provider, leg)
-            with tracing.span(f"tidings.send {job.channel}", trace, {
-                "tidings.message_id": job.run.dispatch.message_id,
-                "tidings.channel": job.channel, "tidings.provider": job.provider.name,
-                "tidings.attempt": job.run.item.message.envelope.attempt,
-            }):
-                return await guarded(job.provider, leg)
+        called.add(id(leg))  # from here its outcome may be unknown
+        if not traced:
+            return await guarded(job.provider, leg)
+        with tracing.span(f"tidings.send {job.channel}", trace, {
+            "tidings.message_id": job.run.dispatch.message_id,
+            "tidings.channel": job.channel, "tidings.provider": job.provider.name,
+            "tidings.attempt": job.run.item.message.envelope.attempt,
+        }):
+            return await guarded(job.provider, leg)
 
     async def _record_all(self, sends: list[tuple[_Job, Delivery]],
                           results: list[SendResult], tally: Tally) -> None:
