@@ -47,9 +47,9 @@ from tidings.pipelines.ledger_rows import (
     EventRow,
     MessageRecord,
     claim_owners,
-    delivery_columns,
-    event_columns,
-    message_columns,
+    delivery_rows,
+    event_rows,
+    message_rows,
     one_line,
 )
 from tidings.tasks import being_cancelled
@@ -205,7 +205,7 @@ class LedgerWriter:
         records = list(unique.values())
 
         async def insert(tx: Transaction) -> tuple[dict[str, Claim], dict[Claim, str]]:
-            inserted = {row["id"] for row in await tx.fetch(CLAIM, message_columns(records))}
+            inserted = {row["id"] for row in await tx.fetch(CLAIM, message_rows(records))}
             contested = {r.id: c for r in records if r.id not in inserted
                          and (c := r.claim) is not None}
             return contested, await claim_owners(tx, list(contested.values()))
@@ -339,11 +339,11 @@ class LedgerWriter:
     ) -> None:
         async def write(tx: Transaction) -> None:
             if messages:
-                await tx.execute(INSERT_MESSAGES, message_columns(messages))
+                await tx.execute(INSERT_MESSAGES, message_rows(messages))
             if deliveries:
-                upserted = await tx.fetch(UPSERT_DELIVERIES, delivery_columns(deliveries))
+                upserted = await tx.fetch(UPSERT_DELIVERIES, delivery_rows(deliveries))
                 attempts = {(r[0], r[1], r[2]): r[3] for r in upserted}
-                await tx.execute(INSERT_EVENTS, event_columns(deliveries, attempts))
+                await tx.execute(INSERT_EVENTS, event_rows(deliveries, attempts))
 
         await self._retrying(write)
 

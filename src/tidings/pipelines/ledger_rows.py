@@ -120,36 +120,34 @@ class DeliveryRow:
 
 
 
+# Rows travel as one JSON array per statement, expanded by json_to_recordset: one parameter to
+# encode instead of a PostgreSQL array per column, whose elements asyncpg checks one by one.
 MESSAGES_SQL = """
 INSERT INTO messages (id, topic, key, priority, type, tenant, idempotency_key, payload,
                       trace_id, created_at)
-SELECT id, topic, key, priority, type, tenant, idempotency_key, payload::jsonb, trace_id,
+SELECT id, topic, key, priority, type, tenant, idempotency_key, payload, trace_id,
        coalesce(created_at, now())
-FROM unnest(CAST(:id AS text[]), CAST(:topic AS text[]), CAST(:key AS text[]),
-            CAST(:priority AS text[]), CAST(:type AS text[]), CAST(:tenant AS text[]),
-            CAST(:idempotency_key AS text[]), CAST(:payload AS text[]),
-            CAST(:trace_id AS text[]), CAST(:created_at AS timestamptz[]))
-     AS m(id, topic, key, priority, type, tenant, idempotency_key, payload, trace_id, created_at)
+FROM json_to_recordset(CAST(:rows AS json))
+     AS m(id text, topic text, key text, priority text, type text, tenant text,
+          idempotency_key text, payload jsonb, trace_id text, created_at timestamptz)
 ON CONFLICT DO NOTHING
 """
 INSERT_MESSAGES = Statement.parse(MESSAGES_SQL)
 # The same insert, telling which rows it wrote: the claims this batch won.
 CLAIM = Statement.parse(MESSAGES_SQL + "RETURNING id")
 
-# The final states in the WHERE keep a finished delivery untouched by anything late.
+# The final states in the WHERE keep a finished delivery untouched by anything late. Rows come
+# in key order, so two writers upserting overlapping rows lock them in the same order.
 UPSERT_DELIVERIES = Statement.parse("""
 INSERT INTO deliveries AS d (message_id, channel, recipient, state, provider,
                              provider_message_id, attempts, last_error, created_at,
                              updated_at, sent_at)
 SELECT message_id, channel, recipient, state, provider, provider_message_id, attempts,
        last_error, at, last_at, sent_at
-FROM unnest(CAST(:message_id AS text[]), CAST(:channel AS text[]), CAST(:recipient AS text[]),
-            CAST(:state AS text[]), CAST(:provider AS text[]),
-            CAST(:provider_message_id AS text[]), CAST(:attempts AS integer[]),
-            CAST(:last_error AS text[]), CAST(:at AS timestamptz[]),
-            CAST(:sent_at AS timestamptz[]), CAST(:last_at AS timestamptz[]))
-     AS u(message_id, channel, recipient, state, provider, provider_message_id, attempts,
-          last_error, at, sent_at, last_at)
+FROM json_to_recordset(CAST(:rows AS json))
+     AS u(message_id text, channel text, recipient text, state text, provider text,
+          provider_message_id text, attempts integer, last_error text, at timestamptz,
+          sent_at timestamptz, last_at timestamptz)
 ON CONFLICT (message_id, channel, recipient) DO UPDATE SET
     state = CASE WHEN excluded.state = 'accepted' THEN d.state ELSE excluded.state END,
     attempts = d.attempts + excluded.attempts,
@@ -167,11 +165,10 @@ RETURNING message_id, channel, recipient, attempts
 INSERT_EVENTS = Statement.parse("""
 INSERT INTO delivery_events (message_id, channel, recipient, state, attempt, provider,
                              provider_message_id, error, duration_ms, at)
-SELECT * FROM unnest(
-    CAST(:message_id AS text[]), CAST(:channel AS text[]), CAST(:recipient AS text[]),
-    CAST(:state AS text[]), CAST(:attempt AS integer[]), CAST(:provider AS text[]),
-    CAST(:provider_message_id AS text[]), CAST(:error AS text[]),
-    CAST(:duration_ms AS double precision[]), CAST(:at AS timestamptz[]))
+SELECT * FROM json_to_recordset(CAST(:rows AS json))
+     AS e(message_id text, channel text, recipient text, state text, attempt integer,
+          provider text, provider_message_id text, error text, duration_ms double precision,
+          at timestamptz)
 """)
 
 OWNERS = Statement.parse("""
@@ -183,49 +180,37 @@ WHERE m.idempotency_key IS NOT NULL
 """)
 
 
-def message_columns(records: Sequence[MessageRecord]) -> dict[str, list[Any]]:
-    return {
-        "id": [r.id for r in records],
-        "topic": [r.topic for r in records],
-        "key": [r.key for r in records],
-        "priority": [r.priority for r in records],
-        "type": [r.type for r in records],
-        "tenant": [r.tenant for r in records],
-        "idempotency_key": [r.idempotency_key for r in records],
-        "payload": [orjson.dumps(r.payload).decode() for r in records],
-        "trace_id": [r.trace_id for r in records],
-        "created_at": [r.created_at for r in records],
-    }
+def _json(rows: list[dict[str, Any]]) -> dict[str, str]:
+    # A naive datetime is taken as UTC, as asyncpg takes one given for a timestamptz.
+    return {"rows": orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()}
 
 
-def delivery_columns(pending: dict[DeliveryKey, DeliveryRow]) -> dict[str, list[Any]]:
-    # In key order, so that two writers upserting overlapping rows lock them in the same
-    # order and cannot deadlock each other.
-    keys = sorted(pending)
-    rows = [pending[key] for key in keys]
-    return {
-        "message_id": [k[0] for k in keys],
-        "channel": [k[1] for k in keys],
-        "recipient": [k[2] for k in keys],
-        "state": [r.state for r in rows],
-        "provider": [r.provider for r in rows],
-        "provider_message_id": [r.provider_message_id for r in rows],
-        "attempts": [r.attempts for r in rows],
-        "last_error": [r.error for r in rows],
-        "at": [r.at for r in rows],
-        "sent_at": [r.sent_at for r in rows],
-        "last_at": [r.last_at for r in rows],
-    }
+def message_rows(records: Sequence[MessageRecord]) -> dict[str, str]:
+    """The ``:rows`` parameter of INSERT_MESSAGES / CLAIM."""
+    return _json([{
+        "id": r.id, "topic": r.topic, "key": r.key, "priority": r.priority, "type": r.type,
+        "tenant": r.tenant, "idempotency_key": r.idempotency_key, "payload": r.payload,
+        "trace_id": r.trace_id, "created_at": r.created_at,
+    } for r in records])
 
 
-def event_columns(
+def delivery_rows(pending: dict[DeliveryKey, DeliveryRow]) -> dict[str, str]:
+    """The ``:rows`` parameter of UPSERT_DELIVERIES, in key order (see there)."""
+    return _json([{
+        "message_id": key[0], "channel": key[1], "recipient": key[2], "state": row.state,
+        "provider": row.provider, "provider_message_id": row.provider_message_id,
+        "attempts": row.attempts, "last_error": row.error, "at": row.at,
+        "sent_at": row.sent_at, "last_at": row.last_at,
+    } for key, row in sorted(pending.items())])
+
+
+def event_rows(
     pending: dict[DeliveryKey, DeliveryRow], attempts: dict[DeliveryKey, int]
-) -> dict[str, list[Any]]:
-    """The events of ``pending``; ``attempts``: each delivery's attempt count after the upsert
-    (absent where the upsert left a finished delivery alone)."""
-    columns: dict[str, list[Any]] = {name: [] for name in (
-        "message_id", "channel", "recipient", "state", "attempt", "provider",
-        "provider_message_id", "error", "duration_ms", "at")}
+) -> dict[str, str]:
+    """The ``:rows`` parameter of INSERT_EVENTS: the events of ``pending``; ``attempts``: each
+    delivery's attempt count after the upsert (absent where the upsert left a finished
+    delivery alone)."""
+    rows = []
     for key in sorted(pending):
         row = pending[key]
         total = attempts.get(key)
@@ -233,11 +218,13 @@ def event_columns(
             attempt = event.attempt
             if attempt is None and event.seq is not None and total is not None:
                 attempt = total - row.attempts + event.seq
-            for name, value in zip(columns, (*key, event.state, attempt, event.provider,
-                                             event.provider_message_id, event.error,
-                                             event.duration_ms, event.at), strict=True):
-                columns[name].append(value)
-    return columns
+            rows.append({
+                "message_id": key[0], "channel": key[1], "recipient": key[2],
+                "state": event.state, "attempt": attempt, "provider": event.provider,
+                "provider_message_id": event.provider_message_id, "error": event.error,
+                "duration_ms": event.duration_ms, "at": event.at,
+            })
+    return _json(rows)
 
 
 async def claim_owners(tx: Transaction, claims: list[Claim]) -> dict[Claim, str]:
