@@ -9,13 +9,14 @@ import asyncio
 import logging
 import sys
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 
+from tidings import collector
 from tidings.analytics.cli import maintain, report, trace
 from tidings.dlq.cli import dlq_cli
 from tidings.errors import TidingsError
@@ -50,13 +51,28 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
     except TidingsError as exc:
-        if _State.debug:
-            traceback.print_exc()
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        _fail(exc)
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
+
+
+def run_process(command: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
+    """Run a long-running command (a worker, the demo, a benchmark) with the settings, and
+    with the garbage collector tuned as for a worker process (see tidings.collector)."""
+    try:
+        config = settings()
+    except TidingsError as exc:
+        _fail(exc)
+    with collector.tuned(config.gc_threshold):
+        return run(command(config))
+
+
+def _fail(exc: TidingsError) -> NoReturn:
+    if _State.debug:
+        traceback.print_exc()
+    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(1) from None
 
 
 def settings() -> Settings:
@@ -110,14 +126,14 @@ def worker(
 
     configure_from_env()
 
-    async def main() -> None:
+    async def main(config: Settings) -> None:
         app = load_app(app_path)
         await Worker(
-            app, settings(), name=name, concurrency=concurrency, agents=agent, migrate=migrate,
+            app, config, name=name, concurrency=concurrency, agents=agent, migrate=migrate,
             http_port=http_port,
         ).run()
 
-    run(main())
+    run_process(main)
 
 
 @cli.command()
@@ -263,7 +279,7 @@ def demo(
     """Run the notification pipeline end to end with local providers and print a summary."""
     from tidings.demo import demo_command
 
-    run(demo_command(settings(), count, json_output, keep, out, err))
+    run_process(lambda config: demo_command(config, count, json_output, keep, out, err))
 
 
 @bench_cli.command()
@@ -300,7 +316,8 @@ def pipeline(
     from tidings.bench.pipeline import Counts, pipeline_command
 
     counts = Counts(drain=drain, rate=rate, steady_s=seconds, repeats=repeats)
-    run(pipeline_command(settings(), counts, json_output, out, err))
+    # The pipeline runs as in a worker process, collector tuning included.
+    run_process(lambda config: pipeline_command(config, counts, json_output, out, err))
 
 
 cli.command("report")(report)

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(5.0, gt=0)
     shutdown_timeout_s: float = Field(30.0, gt=0, description="Deadline for in-flight work")
     trim_interval_s: float = Field(5.0, gt=0)
+    gc_threshold: int = Field(
+        10_000, ge=0, description="Worker processes: allocations between young-generation"
+        " garbage collections, with the start-up heap frozen (Python's default: 700); 0 leaves"
+        " the collector alone",
+    )
     park_after_s: float = Field(
         3600.0, gt=0, description="Retries due later than this wait in PostgreSQL, not Redis"
     )
