@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,13 +113,6 @@ class DirectPool:
         pool = await self._get()
         await pool.execute(statement.sql, *statement.bind(params))
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
-        """Several statements in one transaction, committed when the block ends."""
-        pool = await self._get()
-        async with pool.acquire() as connection, connection.transaction():
-            yield Transaction(connection)
-
     async def aclose(self) -> None:
         """Close every connection; the pool takes no more work."""
         async with self._opening:
@@ -128,17 +120,3 @@ class DirectPool:
             pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
-
-
-class Transaction:
-    """Statements on one connection inside a transaction (see :meth:`DirectPool.transaction`)."""
-
-    def __init__(self, connection: asyncpg.Connection) -> None:
-        self._connection = connection
-
-    async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> list[Any]:
-        rows: list[Any] = await self._connection.fetch(statement.sql, *statement.bind(params))
-        return rows
-
-    async def execute(self, statement: Statement, params: Mapping[str, Any]) -> None:
-        await self._connection.execute(statement.sql, *statement.bind(params))

@@ -30,16 +30,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from tidings.direct import DirectPool, Transaction, transient
+from tidings.direct import DirectPool, transient
 from tidings.errors import TidingsError
 from tidings.pipelines.ledger_rows import (
     CLAIM,
     COUNTED,
     FINAL,
-    INSERT_EVENTS,
-    INSERT_MESSAGES,
     STATES,
-    UPSERT_DELIVERIES,
+    WRITE,
     Claim,
     DeliveryKey,
     DeliveryRow,
@@ -47,10 +45,9 @@ from tidings.pipelines.ledger_rows import (
     EventRow,
     MessageRecord,
     claim_owners,
-    delivery_rows,
-    event_rows,
     message_rows,
     one_line,
+    write_params,
 )
 from tidings.tasks import being_cancelled
 
@@ -204,11 +201,13 @@ class LedgerWriter:
             return duplicates
         records = list(unique.values())
 
-        async def insert(tx: Transaction) -> tuple[dict[str, Claim], dict[Claim, str]]:
-            inserted = {row["id"] for row in await tx.fetch(CLAIM, message_rows(records))}
+        async def insert() -> tuple[dict[str, Claim], dict[Claim, str]]:
+            # Two statements, no transaction: an owner found by the second committed first.
+            rows = await self._direct.fetch(CLAIM, {"messages": message_rows(records)})
+            inserted = {row["id"] for row in rows}
             contested = {r.id: c for r in records if r.id not in inserted
                          and (c := r.claim) is not None}
-            return contested, await claim_owners(tx, list(contested.values()))
+            return contested, await claim_owners(self._direct, list(contested.values()))
 
         try:
             contested, owners = await self._retrying(insert)
@@ -337,23 +336,17 @@ class LedgerWriter:
     async def _write_with_retries(
         self, messages: list[MessageRecord], deliveries: dict[DeliveryKey, DeliveryRow]
     ) -> None:
-        async def write(tx: Transaction) -> None:
-            if messages:
-                await tx.execute(INSERT_MESSAGES, message_rows(messages))
-            if deliveries:
-                upserted = await tx.fetch(UPSERT_DELIVERIES, delivery_rows(deliveries))
-                attempts = {(r[0], r[1], r[2]): r[3] for r in upserted}
-                await tx.execute(INSERT_EVENTS, event_rows(deliveries, attempts))
+        async def write() -> None:  # one statement: all of it or nothing
+            await self._direct.execute(WRITE, write_params(messages, deliveries))
 
         await self._retrying(write)
 
-    async def _retrying(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
-        """``work`` in one transaction, tried again after a connection failure."""
+    async def _retrying(self, work: Callable[[], Awaitable[T]]) -> T:
+        """``work``, tried again after a connection failure."""
         attempt = 0
         while True:
             try:
-                async with self._direct.transaction() as tx:
-                    return await work(tx)
+                return await work()
             except Exception as exc:
                 if being_cancelled() or not transient(exc) or attempt == self._retries:
                     raise

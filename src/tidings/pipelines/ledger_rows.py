@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args
 import orjson
 from sqlalchemy.exc import DBAPIError
 
-from tidings.direct import Statement, Transaction
+from tidings.direct import DirectPool, Statement
 from tidings.notification import Notification
 
 DeliveryState = Literal[
@@ -122,53 +122,60 @@ class DeliveryRow:
 
 # Rows travel as one JSON array per statement, expanded by json_to_recordset: one parameter to
 # encode instead of a PostgreSQL array per column, whose elements asyncpg checks one by one.
-MESSAGES_SQL = """
-INSERT INTO messages (id, topic, key, priority, type, tenant, idempotency_key, payload,
-                      trace_id, created_at)
+_MESSAGE_ROWS = """
 SELECT id, topic, key, priority, type, tenant, idempotency_key, payload, trace_id,
        coalesce(created_at, now())
-FROM json_to_recordset(CAST(:rows AS json))
+FROM json_to_recordset(CAST(:messages AS json))
      AS m(id text, topic text, key text, priority text, type text, tenant text,
           idempotency_key text, payload jsonb, trace_id text, created_at timestamptz)
-ON CONFLICT DO NOTHING
 """
-INSERT_MESSAGES = Statement.parse(MESSAGES_SQL)
-# The same insert, telling which rows it wrote: the claims this batch won.
-CLAIM = Statement.parse(MESSAGES_SQL + "RETURNING id")
+_INSERT_MESSAGES = """
+INSERT INTO messages (id, topic, key, priority, type, tenant, idempotency_key, payload,
+                      trace_id, created_at)
+""" + _MESSAGE_ROWS + "ON CONFLICT DO NOTHING"
 
-# The final states in the WHERE keep a finished delivery untouched by anything late. Rows come
-# in key order, so two writers upserting overlapping rows lock them in the same order.
-UPSERT_DELIVERIES = Statement.parse("""
-INSERT INTO deliveries AS d (message_id, channel, recipient, state, provider,
-                             provider_message_id, attempts, last_error, created_at,
-                             updated_at, sent_at)
-SELECT message_id, channel, recipient, state, provider, provider_message_id, attempts,
-       last_error, at, last_at, sent_at
-FROM json_to_recordset(CAST(:rows AS json))
-     AS u(message_id text, channel text, recipient text, state text, provider text,
-          provider_message_id text, attempts integer, last_error text, at timestamptz,
-          sent_at timestamptz, last_at timestamptz)
-ON CONFLICT (message_id, channel, recipient) DO UPDATE SET
-    state = CASE WHEN excluded.state = 'accepted' THEN d.state ELSE excluded.state END,
-    attempts = d.attempts + excluded.attempts,
-    provider = coalesce(excluded.provider, d.provider),
-    provider_message_id = coalesce(excluded.provider_message_id, d.provider_message_id),
-    last_error = coalesce(excluded.last_error, d.last_error),
-    sent_at = coalesce(d.sent_at, excluded.sent_at),
-    updated_at = greatest(d.updated_at, excluded.updated_at)
-WHERE d.state NOT IN ('sent', 'filtered', 'dead')
-RETURNING message_id, channel, recipient, attempts
-""")
+# Which messages it wrote: the idempotency claims this batch won.
+CLAIM = Statement.parse(_INSERT_MESSAGES + " RETURNING id")
 
-# Events are appended after the upsert, in the same transaction: the attempts it returned
-# number them.
-INSERT_EVENTS = Statement.parse("""
+# One statement writes a flush — messages, delivery upserts, their events — so it is atomic
+# with no transaction round trips around it. The final states in the upsert's WHERE keep a
+# finished delivery untouched by anything late; its rows come in key order, so two writers
+# upserting overlapping rows lock them in the same order. Each event's attempt, unless given,
+# is counted from the attempts the upsert returned (none for a finished delivery).
+WRITE = Statement.parse("""
+WITH written_messages AS (""" + _INSERT_MESSAGES + """
+), upserted AS (
+    INSERT INTO deliveries AS d (message_id, channel, recipient, state, provider,
+                                 provider_message_id, attempts, last_error, created_at,
+                                 updated_at, sent_at)
+    SELECT message_id, channel, recipient, state, provider, provider_message_id, attempts,
+           last_error, at, last_at, sent_at
+    FROM json_to_recordset(CAST(:deliveries AS json))
+         AS u(message_id text, channel text, recipient text, state text, provider text,
+              provider_message_id text, attempts integer, last_error text, at timestamptz,
+              sent_at timestamptz, last_at timestamptz)
+    ON CONFLICT (message_id, channel, recipient) DO UPDATE SET
+        state = CASE WHEN excluded.state = 'accepted' THEN d.state ELSE excluded.state END,
+        attempts = d.attempts + excluded.attempts,
+        provider = coalesce(excluded.provider, d.provider),
+        provider_message_id = coalesce(excluded.provider_message_id, d.provider_message_id),
+        last_error = coalesce(excluded.last_error, d.last_error),
+        sent_at = coalesce(d.sent_at, excluded.sent_at),
+        updated_at = greatest(d.updated_at, excluded.updated_at)
+    WHERE d.state NOT IN ('sent', 'filtered', 'dead')
+    RETURNING d.message_id, d.channel, d.recipient, d.attempts
+)
 INSERT INTO delivery_events (message_id, channel, recipient, state, attempt, provider,
                              provider_message_id, error, duration_ms, at)
-SELECT * FROM json_to_recordset(CAST(:rows AS json))
+SELECT e.message_id, e.channel, e.recipient, e.state,
+       coalesce(e.attempt, upserted.attempts - e.batch_attempts + e.seq),
+       e.provider, e.provider_message_id, e.error, e.duration_ms, e.at
+FROM json_to_recordset(CAST(:events AS json))
      AS e(message_id text, channel text, recipient text, state text, attempt integer,
-          provider text, provider_message_id text, error text, duration_ms double precision,
-          at timestamptz)
+          seq integer, batch_attempts integer, provider text, provider_message_id text,
+          error text, duration_ms double precision, at timestamptz, n integer)
+LEFT JOIN upserted USING (message_id, channel, recipient)
+ORDER BY e.n
 """)
 
 OWNERS = Statement.parse("""
@@ -180,13 +187,13 @@ WHERE m.idempotency_key IS NOT NULL
 """)
 
 
-def _json(rows: list[dict[str, Any]]) -> dict[str, str]:
+def _json(rows: list[dict[str, Any]]) -> str:
     # A naive datetime is taken as UTC, as asyncpg takes one given for a timestamptz.
-    return {"rows": orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()}
+    return orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()
 
 
-def message_rows(records: Sequence[MessageRecord]) -> dict[str, str]:
-    """The ``:rows`` parameter of INSERT_MESSAGES / CLAIM."""
+def message_rows(records: Sequence[MessageRecord]) -> str:
+    """The ``:messages`` parameter of CLAIM and WRITE."""
     return _json([{
         "id": r.id, "topic": r.topic, "key": r.key, "priority": r.priority, "type": r.type,
         "tenant": r.tenant, "idempotency_key": r.idempotency_key, "payload": r.payload,
@@ -194,45 +201,39 @@ def message_rows(records: Sequence[MessageRecord]) -> dict[str, str]:
     } for r in records])
 
 
-def delivery_rows(pending: dict[DeliveryKey, DeliveryRow]) -> dict[str, str]:
-    """The ``:rows`` parameter of UPSERT_DELIVERIES, in key order (see there)."""
-    return _json([{
-        "message_id": key[0], "channel": key[1], "recipient": key[2], "state": row.state,
-        "provider": row.provider, "provider_message_id": row.provider_message_id,
-        "attempts": row.attempts, "last_error": row.error, "at": row.at,
-        "sent_at": row.sent_at, "last_at": row.last_at,
-    } for key, row in sorted(pending.items())])
-
-
-def event_rows(
-    pending: dict[DeliveryKey, DeliveryRow], attempts: dict[DeliveryKey, int]
+def write_params(
+    messages: Sequence[MessageRecord], pending: dict[DeliveryKey, DeliveryRow]
 ) -> dict[str, str]:
-    """The ``:rows`` parameter of INSERT_EVENTS: the events of ``pending``; ``attempts``: each
-    delivery's attempt count after the upsert (absent where the upsert left a finished
-    delivery alone)."""
-    rows = []
-    for key in sorted(pending):
-        row = pending[key]
-        total = attempts.get(key)
-        for event in row.events:
-            attempt = event.attempt
-            if attempt is None and event.seq is not None and total is not None:
-                attempt = total - row.attempts + event.seq
-            rows.append({
-                "message_id": key[0], "channel": key[1], "recipient": key[2],
-                "state": event.state, "attempt": attempt, "provider": event.provider,
-                "provider_message_id": event.provider_message_id, "error": event.error,
-                "duration_ms": event.duration_ms, "at": event.at,
-            })
-    return _json(rows)
+    """WRITE's parameters: the messages, the delivery upserts in key order (see there) and
+    every event of each (its ``seq`` numbers the attempts its merged row counts)."""
+    deliveries, events = [], []
+    for key, row in sorted(pending.items()):
+        message_id, channel, recipient = key
+        deliveries.append({
+            "message_id": message_id, "channel": channel, "recipient": recipient,
+            "state": row.state, "provider": row.provider,
+            "provider_message_id": row.provider_message_id, "attempts": row.attempts,
+            "last_error": row.error, "at": row.at, "sent_at": row.sent_at,
+            "last_at": row.last_at,
+        })
+        events += [{
+            "n": len(events) + index,  # recorded order, which the join would not keep
+            "message_id": message_id, "channel": channel, "recipient": recipient,
+            "state": event.state, "attempt": event.attempt, "seq": event.seq,
+            "batch_attempts": row.attempts, "provider": event.provider,
+            "provider_message_id": event.provider_message_id, "error": event.error,
+            "duration_ms": event.duration_ms, "at": event.at,
+        } for index, event in enumerate(row.events)]
+    return {"messages": message_rows(messages), "deliveries": _json(deliveries),
+            "events": _json(events)}
 
 
-async def claim_owners(tx: Transaction, claims: list[Claim]) -> dict[Claim, str]:
+async def claim_owners(direct: DirectPool, claims: list[Claim]) -> dict[Claim, str]:
     """The id of the message holding each (tenant, idempotency key)."""
     if not claims:
         return {}
     params = {"tenant": [c[0] for c in claims], "idempotency_key": [c[1] for c in claims]}
-    rows = await tx.fetch(OWNERS, params)
+    rows = await direct.fetch(OWNERS, params)
     return {(row["tenant"], row["idempotency_key"]): row["id"] for row in rows}
 
 
