@@ -206,7 +206,8 @@ def write_params(
 ) -> dict[str, str]:
     """WRITE's parameters: the messages, the delivery upserts in key order (see there) and
     every event of each (its ``seq`` numbers the attempts its merged row counts)."""
-    deliveries, events = [], []
+    deliveries: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
     for key, row in sorted(pending.items()):
         message_id, channel, recipient = key
         deliveries.append({

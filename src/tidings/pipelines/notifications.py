@@ -18,6 +18,7 @@ run`` for delayed deliveries).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -253,7 +254,9 @@ class NotificationPipeline:
     # -- intake steps ---------------------------------------------------------------------
 
     async def accept(self, items: list[Item]) -> list[Item]:
-        """Write each notification to the ledger; drop a second use of an idempotency key."""
+        """Write each notification to the ledger; drop a second use of an idempotency key.
+        The recipients' preferences, which ``route`` needs, are read at the same time."""
+        keys = [(i.value.tenant, i.value.recipient.user_id) for i in items]
         records = [
             MessageRecord.from_notification(
                 i.message.id, INTAKE, i.value, key=i.key,
@@ -261,8 +264,12 @@ class NotificationPipeline:
             )
             for i in items
         ]
-        duplicates = await self.services.ledger.claim_idempotency_keys(records)
-        for item in items:
+        duplicates, prefs = await asyncio.gather(
+            self.services.ledger.claim_idempotency_keys(records),
+            self.services.lookup.get_pairs(keys),
+        )
+        for item, key in zip(items, keys, strict=True):
+            item.attrs["preference"] = prefs.get(key)
             if item.message.id in duplicates:
                 item.drop("duplicate idempotency key: already accepted once")
                 self.tally.count("*", "duplicate")
@@ -272,14 +279,10 @@ class NotificationPipeline:
 
     async def route(self, items: list[Item]) -> list[Item]:
         """Pick channels (explicit, or ``auto`` by preference / rule), honour opt-outs, quiet
-        hours and ``send_at``."""
-        keys = [(i.value.tenant, i.value.recipient.user_id) for i in items]
-        prefs = await self.services.lookup.get_pairs(keys)
+        hours and ``send_at`` (with the preferences ``accept`` read)."""
         now = datetime.now(UTC)
         for item in items:
-            n: Notification = item.value
-            preference = prefs.get((n.tenant, n.recipient.user_id))
-            await self._route_one(item, n, preference, now)
+            await self._route_one(item, item.value, item.attrs["preference"], now)
         return items
 
     async def _route_one(

@@ -93,9 +93,14 @@ class Compiled:
     def render(self, context: Mapping[str, Any]) -> Content:
         t = self.template
         rendered: dict[str, str] = {}
+        # The globals and the data merged once for every part; each part still renders in a
+        # context of its own (what one part sets stays in it).
+        parent = {**self.parts[0][1].globals, **context} if self.parts else {}
         for part, jinja in self.parts:
             try:
-                rendered[part] = jinja.render(context)
+                env = jinja.environment
+                rendered[part] = env.concat(
+                    jinja.root_render_func(jinja.new_context(parent, shared=True)))
             # Not only Jinja's errors: a filter or a method on the data can raise anything,
             # and it is still this template failing on this data, never a crashed worker.
             except Exception as exc:
