@@ -98,9 +98,13 @@ def _bytes(value: object) -> bytes:
 def _entries(replies: list[Any]) -> list[Entry]:
     entries: list[Entry] = []
     for reply in replies:
-        for stream_name, items in reply or ():
+        if not reply:
+            continue
+        # [[stream, entries], ...] in RESP2, {stream: entries} in RESP3.
+        for stream_name, items in reply.items() if isinstance(reply, dict) else reply:
             stream = stream_name.decode()
-            entries.extend(Entry(stream, entry_id, fields) for entry_id, fields in items)
+            entries.extend(Entry(stream, entry_id, None if flat is None else _pairs(flat))
+                           for entry_id, flat in items)
     return entries
 
 
@@ -119,6 +123,9 @@ class RedisTransport:
         self.blocking = blocking or client
         # Parse XAUTOCLAIM ourselves: redis-py's parser cannot read Redis 6.2's nil bodies.
         client.set_response_callback("XAUTOCLAIM", _raw)
+        # XREADGROUP too: its replies become Entries directly, not dicts in lists first.
+        for reader in {client, self.blocking}:
+            reader.set_response_callback("XREADGROUP", _raw)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._join = client.register_script(_JOIN)
@@ -170,14 +177,16 @@ class RedisTransport:
         if block_ms is not None:
             if n_acks:
                 await pipe.execute()
-            streams = {stream: ">" for stream, _ in counts}
+            streams = [stream for stream, _ in counts]
             count = max(c for _, c in counts)
-            reply = await self.blocking.xreadgroup(
-                group, consumer, streams, count=count, block=block_ms  # type: ignore[arg-type]
+            reply = await self.blocking.execute_command(  # type: ignore[no-untyped-call]
+                "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "BLOCK", block_ms,
+                "STREAMS", *streams, *[">"] * len(streams),
             )
             return _entries([reply])
         for stream, count in counts:
-            pipe.xreadgroup(group, consumer, {stream: ">"}, count=count)
+            pipe.execute_command(
+                "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "STREAMS", stream, ">")
         replies = await pipe.execute()
         return _entries(replies[n_acks:])
 
