@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any, get_args
 from zoneinfo import ZoneInfo
 
+import orjson
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -208,8 +209,8 @@ _PAIRS = Statement.parse("""
 SELECT p.tenant, p.user_id, p.opted_out, p.channel_order, p.quiet_start, p.quiet_end,
        p.timezone
 FROM preferences AS p
-JOIN (SELECT DISTINCT * FROM unnest(CAST(:tenant AS text[]), CAST(:user_id AS text[])))
-     AS k(tenant, user_id) USING (tenant, user_id)
+JOIN (SELECT DISTINCT key->>0 AS tenant, key->>1 AS user_id
+      FROM json_array_elements(CAST(:keys AS json)) AS key) AS k USING (tenant, user_id)
 """)
 
 
@@ -225,6 +226,5 @@ class PreferenceLookup:
         """Preferences for (tenant, user_id) pairs across tenants, in one query."""
         if not keys:
             return {}
-        rows = await self._direct.fetch(_PAIRS, {"tenant": [k[0] for k in keys],
-                                                 "user_id": [k[1] for k in keys]})
+        rows = await self._direct.fetch(_PAIRS, {"keys": orjson.dumps(keys).decode()})
         return {(row["tenant"], row["user_id"]): _preferences(row) for row in rows}
