@@ -52,7 +52,10 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a connection")
 
     partitions: int = Field(4, ge=1, le=1024, description="Default partitions of a new topic")
-    batch_size: int = Field(100, ge=1, le=10_000, description="Messages read per XREADGROUP")
+    batch_size: int = Field(
+        200, ge=1, le=10_000,
+        description="Messages read per XREADGROUP (at most; a quiet stream gives fewer)",
+    )
     block_ms: int = Field(1000, ge=1, description="How long an idle read waits")
     lane_weights: tuple[int, int, int] = Field(
         (6, 3, 1), description="Share of each read given to the high, normal and low lanes"
