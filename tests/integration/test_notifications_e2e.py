@@ -272,6 +272,26 @@ async def test_a_redelivered_dispatch_does_not_send_a_leg_the_ledger_has_as_sent
     assert world.pipeline.tally.outcomes[("sms", "already_sent")] == 1
 
 
+async def _the_dead_letter(world: World) -> dict[str, Any]:
+    """Record the dead-letter streams into PostgreSQL; the one letter there is."""
+    app = world.pipeline.app
+    transport = app.transport
+    assert isinstance(transport, RedisTransport)
+    recorder = DeadLetterRecorder(transport.client, app.engine, app.namespace, consumer="t")
+    assert await recorder.record_once() == 1
+    [letter] = await DeadLetters(app.engine).find(Selection(), 10)
+    return letter
+
+
+async def _email_and_an_invalid_number(world: World) -> str:
+    """Publish (and drain) a notification whose e-mail goes out and whose SMS cannot."""
+    bad = {"user_id": "u-9", "email": "u9@example.com", "phone": "+15005550001"}
+    msg_id = await world.pipeline.publish(notification(channels=["email", "sms"],
+                                                       recipient=bad))
+    await world.harness.drain()
+    return msg_id
+
+
 async def _entries(world: World, topic: str) -> int:
     """How many entries ``topic`` holds over all its partitions and lanes."""
     found = world.pipeline.app.get_topic(topic)
@@ -325,10 +345,7 @@ async def test_an_inline_transient_failure_is_tried_again_by_its_channel_stage_o
 async def test_an_inline_permanent_failure_is_its_channel_s_dead_letter_and_spares_the_rest(
     world: World,
 ) -> None:
-    bad = {"user_id": "u-9", "email": "u9@example.com", "phone": "+15005550001"}
-    msg_id = await world.pipeline.publish(notification(channels=["email", "sms"],
-                                                       recipient=bad))
-    await world.harness.drain()
+    msg_id = await _email_and_an_invalid_number(world)
     assert await world.attempts(msg_id) == {("email", "u9@example.com"): ("sent", 1),
                                             ("sms", "+15005550001"): ("dead", 1)}
     assert len(world.local.smtp.messages) == 1, "the e-mail leg went out all the same"
@@ -343,16 +360,8 @@ async def test_an_inline_permanent_failure_is_its_channel_s_dead_letter_and_spar
 async def test_a_forced_replay_of_an_inline_letter_resends_only_its_own_channel(
     world: World,
 ) -> None:
-    app = world.pipeline.app
-    bad = {"user_id": "u-9", "email": "u9@example.com", "phone": "+15005550001"}
-    msg_id = await world.pipeline.publish(notification(channels=["email", "sms"],
-                                                       recipient=bad))
-    await world.harness.drain()
-    transport = app.transport
-    assert isinstance(transport, RedisTransport)
-    recorder = DeadLetterRecorder(transport.client, app.engine, app.namespace, consumer="t")
-    assert await recorder.record_once() == 1
-    [letter] = await DeadLetters(app.engine).find(Selection(), 10)
+    msg_id = await _email_and_an_invalid_number(world)
+    letter = await _the_dead_letter(world)
     fix = parse_edit('notification.recipient.phone="+14155550199"')
 
     await (await _replayer(world)).replay_one(letter["id"], [fix], force=True)
@@ -408,11 +417,9 @@ async def test_a_replayed_dead_letter_with_an_edited_number_is_delivered_once(
     bad = {"user_id": "u-9", "phone": "+15005550001"}
     msg_id = await world.pipeline.publish(notification(channels=["sms"], recipient=bad))
     await world.harness.drain()
+    letter = await _the_dead_letter(world)
     transport = app.transport
     assert isinstance(transport, RedisTransport)
-    recorder = DeadLetterRecorder(transport.client, app.engine, app.namespace, consumer="t")
-    assert await recorder.record_once() == 1
-    [letter] = await DeadLetters(app.engine).find(Selection(), 10)
     replayer = Replayer(app.engine, transport.client, app.namespace, by="ops@example.com")
     fix = parse_edit('notification.recipient.phone="+14155550199"')
 

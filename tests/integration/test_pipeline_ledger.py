@@ -316,11 +316,19 @@ async def test_a_row_the_database_rejects_is_dropped_and_named_and_the_rest_writ
 
 
 class Proxy:
-    """A TCP proxy to PostgreSQL that can be switched off: a database that goes away."""
+    """A TCP proxy to PostgreSQL that can be switched off: a database that goes away.
 
-    def __init__(self, port: int, socket_dir: str | None = None) -> None:
+    With ``marker``, the server's reply to the first client message holding those bytes is
+    lost (``delay`` None: the connection is cut instead of passing it on) or held back for
+    ``delay`` seconds: a reply lost, or late, after the server did the work.
+    """
+
+    def __init__(self, port: int, socket_dir: str | None = None, *,
+                 marker: bytes | None = None, delay: float | None = None) -> None:
         # The embedded server listens on a unix socket only: forward to it there.
         self.port, self.target, self.socket_dir = 0, port, socket_dir
+        self.marker, self.delay = marker, delay
+        self.faulted = False
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
 
@@ -343,20 +351,71 @@ class Proxy:
             )
         else:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        pipes = [asyncio.create_task(self._pipe(reader, up_writer)),
-                 asyncio.create_task(self._pipe(up_reader, writer))]
+        armed = asyncio.Event()
+        pipes = [asyncio.create_task(self._pipe(reader, up_writer, watch=armed)),
+                 asyncio.create_task(self._pipe(up_reader, writer, fault=armed))]
         self._pipes.update(pipes)
         await asyncio.gather(*pipes, return_exceptions=True)
         self._pipes.difference_update(pipes)
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                    watch: asyncio.Event | None = None,
+                    fault: asyncio.Event | None = None) -> None:
         try:
             while data := await reader.read(65536):
+                if (watch is not None and self.marker is not None and not self.faulted
+                        and self.marker in data):
+                    self.faulted = True
+                    watch.set()
+                if fault is not None and fault.is_set():
+                    fault.clear()
+                    if self.delay is None:
+                        writer.transport.abort()  # the reply never arrives
+                        return
+                    await asyncio.sleep(self.delay)
                 writer.write(data)
                 await writer.drain()
         finally:
             writer.close()
+
+
+async def _history(engine: AsyncEngine) -> tuple[int, list[tuple[str, int | None]]]:
+    async with engine.connect() as conn:
+        [row] = (await conn.execute(select(deliveries))).all()
+        events = (await conn.execute(text(
+            "SELECT state, attempt FROM delivery_events ORDER BY id"))).all()
+    return row.attempts, [(e.state, e.attempt) for e in events]
+
+
+@pytest.mark.parametrize("delay", [None, 0.5], ids=["reply lost", "cancelled while waiting"])
+async def test_a_flush_the_server_did_but_never_answered_is_written_once(
+    engine: AsyncEngine, schema_name: str, delay: float | None
+) -> None:
+    socket_dir = engine.url.query.get("host")
+    proxy = Proxy(engine.url.port or 5432, socket_dir if isinstance(socket_dir, str) else None,
+                  marker=b'"batch_attempts"', delay=delay)  # only the flush's rows say this
+    await proxy.start()
+    url = f"postgresql://{engine.url.username}@127.0.0.1:{proxy.port}/{engine.url.database}"
+    direct = DirectPool(url, schema=schema_name, size=2, connect_timeout=2)
+    writer = LedgerWriter(direct, retries=2, retry_delay_s=0.01, max_delay_ms=60_000)
+    try:
+        await writer.record_message(_message("m1"))
+        await writer.record_delivery("m1", "email", "ada@example.com", "failed", error="421")
+        if delay is None:
+            await writer.flush()  # the reply is lost: tried again on a new connection
+        else:
+            flush = asyncio.create_task(writer.flush())
+            await asyncio.sleep(delay / 2)  # the server has done the statement by now
+            flush.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await flush
+        await writer.aclose()  # what is still buffered is written
+    finally:
+        await direct.aclose()
+        await proxy.stop()
+
+    assert proxy.faulted
+    assert await _history(engine) == (1, [("failed", 1)])
 
 
 async def test_rows_kept_while_the_database_is_away_are_written_when_it_is_back(

@@ -336,8 +336,8 @@ class LedgerWriter:
     async def _write_with_retries(
         self, messages: list[MessageRecord], deliveries: dict[DeliveryKey, DeliveryRow]
     ) -> None:
-        async def write() -> None:  # one statement: all of it or nothing
-            await self._direct.execute(WRITE, write_params(messages, deliveries))
+        async def write() -> None:  # one statement in a transaction: safe to try again
+            await self._direct.execute_atomically(WRITE, write_params(messages, deliveries))
 
         await self._retrying(write)
 

@@ -137,8 +137,9 @@ INSERT INTO messages (id, topic, key, priority, type, tenant, idempotency_key, p
 # Which messages it wrote: the idempotency claims this batch won.
 CLAIM = Statement.parse(_INSERT_MESSAGES + " RETURNING id")
 
-# One statement writes a flush — messages, delivery upserts, their events — so it is atomic
-# with no transaction round trips around it. The final states in the upsert's WHERE keep a
+# One statement writes a flush — messages, delivery upserts, their events. The writer runs it
+# inside a transaction all the same (see DirectPool.execute_atomically): a retry after a lost
+# reply must not apply it twice. The final states in the upsert's WHERE keep a
 # finished delivery untouched by anything late; its rows come in key order, so two writers
 # upserting overlapping rows lock them in the same order. Each event's attempt, unless given,
 # is counted from the attempts the upsert returned (none for a finished delivery).
@@ -188,7 +189,8 @@ WHERE m.idempotency_key IS NOT NULL
 
 
 def _json(rows: list[dict[str, Any]]) -> str:
-    # A naive datetime is taken as UTC, as asyncpg takes one given for a timestamptz.
+    # A naive datetime is taken as UTC (tidings records aware ones; asyncpg would have taken a
+    # naive one as the host's local time).
     return orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()
 
 
