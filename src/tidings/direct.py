@@ -113,14 +113,6 @@ class DirectPool:
         pool = await self._get()
         await pool.execute(statement.sql, *statement.bind(params))
 
-    async def execute_atomically(self, statement: Statement, params: Mapping[str, Any]) -> None:
-        """Run one statement between BEGIN and COMMIT. On its own, a statement the server
-        finished is committed even when its reply never arrives or the caller is cancelled,
-        and a retry would apply it twice; here only a lost COMMIT leaves the outcome open."""
-        pool = await self._get()
-        async with pool.acquire() as connection, connection.transaction():
-            await connection.execute(statement.sql, *statement.bind(params))
-
     async def aclose(self) -> None:
         """Close every connection; the pool takes no more work."""
         async with self._opening:

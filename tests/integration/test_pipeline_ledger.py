@@ -536,3 +536,14 @@ async def test_batched_writes_are_many_times_faster_than_one_insert_per_row(
     print(f"\nledger rows/s: one INSERT per row {single:,.0f}, LedgerWriter {batched:,.0f} "
           f"(x{batched / single:.1f})")
     assert batched > 3 * single
+
+
+async def test_each_flush_deletes_the_ids_of_those_known_to_have_landed(
+    engine: AsyncEngine, writer: LedgerWriter
+) -> None:
+    for i in range(3):
+        await writer.record_message(_message(f"m{i}"))
+        await writer.flush()
+
+    assert await _count(engine, "messages") == 3
+    assert await _count(engine, "ledger_flushes") == 1, "only the last flush's id is left"

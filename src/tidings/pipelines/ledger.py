@@ -1,7 +1,7 @@
 """The delivery ledger, written in batches (DESIGN.md D7), and the idempotency-key claim.
 
-Rows are buffered and flushed together — one multi-row ``INSERT … SELECT FROM unnest(…)`` per
-table — when ``max_batch`` rows are waiting or ``max_delay_ms`` after the first one arrived.
+Rows are buffered and flushed together — one statement per flush, its rows as JSON arrays —
+when ``max_batch`` rows are waiting or ``max_delay_ms`` after the first one arrived.
 A delivery is an upsert on (message_id, channel, recipient) that only moves forward:
 
     accepted → delayed / failed → sent / filtered / dead
@@ -12,13 +12,19 @@ one delivery in one batch are merged in memory by the same rules (PostgreSQL ref
 one row twice in one statement).
 
 Every record is also one ``delivery_events`` row, whatever the merge rules did with it,
-inserted in the same flush and transaction as the upsert, right after it (one statement);
-a ``sent`` / ``failed`` event gets its attempt number from the upserted row unless given.
+written by the same statement as the upsert; a ``sent`` / ``failed`` event gets its attempt
+number from the upserted row unless given.
+
+Each flush has an id, which its statement claims in ``ledger_flushes`` before writing anything
+(see ledger_rows.WRITE): written again under the same id, a flush that landed changes nothing.
+That is what makes the retries safe. A flush whose reply never came (connection lost) or whose
+wait was cancelled may have landed; it is kept whole and written again under its id before
+anything newer, by the next flush.
 
 A failed flush is retried; rows that still cannot be written are never dropped silently: a
-connection failure keeps them buffered for the next flush, a row the database rejects is dropped
-from the buffer and named in the LedgerError. Either way the error is raised — by ``flush()``,
-or, after a timer flush, by the next call on the writer.
+connection failure keeps them for the next flush, a row the database rejects is dropped and
+named in the LedgerError. Either way the error is raised — by ``flush()``, or, after a timer
+flush, by the next call on the writer.
 """
 
 from __future__ import annotations
@@ -27,11 +33,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
 from tidings.direct import DirectPool, transient
 from tidings.errors import TidingsError
+from tidings.message import new_id
 from tidings.pipelines.ledger_rows import (
     CLAIM,
     COUNTED,
@@ -101,6 +109,20 @@ class _Batch:
         )
 
 
+@dataclass
+class _Unit:
+    """Rows written by one statement under one flush id; kept whole while its outcome is
+    unknown, so that writing it again under the same id cannot apply it twice."""
+
+    id: str
+    messages: list[MessageRecord]
+    deliveries: dict[DeliveryKey, DeliveryRow]
+
+    @property
+    def rows(self) -> int:
+        return len(self.messages) + len(self.deliveries)
+
+
 class LedgerWriter:
     """Buffers ledger rows and writes them in batches; see the module docstring."""
 
@@ -125,6 +147,11 @@ class LedgerWriter:
         self._on_flush = on_flush
         self._messages: list[MessageRecord] = []
         self._deliveries: dict[DeliveryKey, DeliveryRow] = {}
+        # Written but unanswered (connection lost, wait cancelled): written again first, each
+        # under its own id. And the ids of flushes known to have landed, for the next flush
+        # to delete from ledger_flushes.
+        self._uncertain: list[_Unit] = []
+        self._landed: list[str] = []
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # strong references while they run
@@ -133,8 +160,9 @@ class LedgerWriter:
 
     @property
     def pending(self) -> int:
-        """Rows buffered and not yet written."""
-        return len(self._messages) + len(self._deliveries)
+        """Rows buffered and not yet written (or not known to be)."""
+        return (len(self._messages) + len(self._deliveries)
+                + sum(unit.rows for unit in self._uncertain))
 
     async def record_message(self, record: MessageRecord) -> None:
         """Buffer a ``messages`` row; one that exists already (same id or key) is left alone."""
@@ -274,43 +302,58 @@ class LedgerWriter:
 
     async def _flush(self) -> None:
         async with self._lock:
+            units, self._uncertain = self._uncertain, []
             messages, self._messages = self._messages, []
             deliveries, self._deliveries = self._deliveries, {}
-            if not messages and not deliveries:
+            if messages or deliveries:
+                units.append(_Unit(new_id(), messages, deliveries))
+            if not units:
                 return
-            batch = _Batch(messages, deliveries)
             started = time.perf_counter()
-            try:
-                await self._write(batch, messages, deliveries)
-            except BaseException as exc:
-                messages, deliveries = batch.unwritten()
-                self._restore(messages, deliveries)
-                if not isinstance(exc, Exception):
-                    raise
-                rows = len(messages) + len(deliveries)
-                raise LedgerError(
-                    f"could not write {rows} ledger rows after {self._retries + 1} tries; "
-                    f"they stay buffered: {one_line(exc)}", rows=rows, retained=True,
-                ) from exc
+            rejected: list[str] = []
+            for index, unit in enumerate(units):
+                batch = _Batch(unit.messages, unit.deliveries)
+                try:
+                    await self._write(batch, unit.messages, unit.deliveries, unit.id)
+                except BaseException as exc:
+                    self._keep(batch, units[index + 1:])
+                    if not isinstance(exc, Exception):
+                        raise
+                    rows = sum(u.rows for u in self._uncertain)
+                    raise LedgerError(
+                        f"could not write {rows} ledger rows after {self._retries + 1} tries; "
+                        f"they stay buffered: {one_line(exc)}", rows=rows, retained=True,
+                    ) from exc
+                rejected += batch.rejected
             if self._on_flush is not None:
-                self._on_flush(len(messages) + len(deliveries), time.perf_counter() - started)
-            if batch.rejected:
-                count = len(batch.rejected)
+                self._on_flush(sum(u.rows for u in units), time.perf_counter() - started)
+            if rejected:
+                count = len(rejected)
                 more = f" (and {count - 1} more)" if count > 1 else ""
                 raise LedgerError(
                     f"the database rejected {count} ledger row(s), which are dropped; the "
-                    f"rest of the batch was written: {batch.rejected[0]}{more}",
+                    f"rest of the batch was written: {rejected[0]}{more}",
                     rows=count, retained=False,
                 )
 
-    async def _write(self, batch: _Batch, messages: list[MessageRecord],
-                     deliveries: dict[DeliveryKey, DeliveryRow]) -> None:
-        """Write the rows; when the database rejects some, halve until they are found.
+    def _keep(self, batch: _Batch, later: list[_Unit]) -> None:
+        """After a failed write: keep, in order, the parts of the unit whose outcome is unknown
+        (already queued by _write_with_retries), its rows never tried, and the units not
+        reached — all ahead of rows buffered since."""
+        messages, deliveries = batch.unwritten()
+        if messages or deliveries:
+            self._uncertain.append(_Unit(new_id(), messages, deliveries))
+        self._uncertain += later
 
-        A rejected row costs about 2·log2(batch) small transactions; the good rows still land.
+    async def _write(self, batch: _Batch, messages: list[MessageRecord],
+                     deliveries: dict[DeliveryKey, DeliveryRow], flush: str) -> None:
+        """Write the rows as flush ``flush``; when the database rejects some, halve until they
+        are found (a refused statement wrote nothing, so each half is a new flush).
+
+        A rejected row costs about 2·log2(batch) small statements; the good rows still land.
         """
         try:
-            await self._write_with_retries(messages, deliveries)
+            await self._write_with_retries(batch, messages, deliveries, flush)
         except Exception as exc:
             if transient(exc):
                 raise
@@ -329,17 +372,31 @@ class LedgerWriter:
                 halves = [([], {k: deliveries[k] for k in part})
                           for part in (keys[:middle], keys[middle:])]
             for half_messages, half_deliveries in halves:
-                await self._write(batch, half_messages, half_deliveries)
+                await self._write(batch, half_messages, half_deliveries, new_id())
             return
         batch.written(messages, deliveries)
 
     async def _write_with_retries(
-        self, messages: list[MessageRecord], deliveries: dict[DeliveryKey, DeliveryRow]
+        self, batch: _Batch, messages: list[MessageRecord],
+        deliveries: dict[DeliveryKey, DeliveryRow], flush: str,
     ) -> None:
-        async def write() -> None:  # one statement in a transaction: safe to try again
-            await self._direct.execute_atomically(WRITE, write_params(messages, deliveries))
+        landed, self._landed = self._landed, []
 
-        await self._retrying(write)
+        async def write() -> None:  # the same id every try: applied once, whatever happens
+            await self._direct.execute(WRITE, write_params(flush, landed, messages, deliveries))
+
+        try:
+            await self._retrying(write)
+        except BaseException as exc:
+            self._landed[:0] = landed  # deleting them again later is harmless
+            if isinstance(exc, Exception) and not transient(exc):
+                raise  # refused: the statement wrote nothing
+            # No answer (connection lost) or no longer waited for (cancelled): it may have
+            # landed. It is written again, whole and under its id, before anything newer.
+            self._uncertain.append(_Unit(flush, messages, deliveries))
+            batch.written(messages, deliveries)  # accounted for, by that unit
+            raise
+        self._landed.append(flush)
 
     async def _retrying(self, work: Callable[[], Awaitable[T]]) -> T:
         """``work``, tried again after a connection failure."""
@@ -352,17 +409,3 @@ class LedgerWriter:
                     raise
             await asyncio.sleep(self._retry_delay_s * 2**attempt)
             attempt += 1
-
-    def _restore(
-        self, messages: list[MessageRecord], deliveries: dict[DeliveryKey, DeliveryRow]
-    ) -> None:
-        # Back in front of whatever arrived meanwhile, so the order of changes is kept.
-        self._messages = messages + self._messages
-        for key, later in self._deliveries.items():
-            earlier = deliveries.get(key)
-            if earlier is None:
-                deliveries[key] = later
-            else:
-                earlier.then(later)
-        self._deliveries = deliveries
-

@@ -132,19 +132,28 @@ FROM json_to_recordset(CAST(:messages AS json))
 _INSERT_MESSAGES = """
 INSERT INTO messages (id, topic, key, priority, type, tenant, idempotency_key, payload,
                       trace_id, created_at)
-""" + _MESSAGE_ROWS + "ON CONFLICT DO NOTHING"
+""" + _MESSAGE_ROWS
 
-# Which messages it wrote: the idempotency claims this batch won.
-CLAIM = Statement.parse(_INSERT_MESSAGES + " RETURNING id")
+# Which messages it wrote: the idempotency claims this batch won. (Run again, it finds its own
+# rows and their owners: safe to repeat.)
+CLAIM = Statement.parse(_INSERT_MESSAGES + "ON CONFLICT DO NOTHING RETURNING id")
 
-# One statement writes a flush — messages, delivery upserts, their events. The writer runs it
-# inside a transaction all the same (see DirectPool.execute_atomically): a retry after a lost
-# reply must not apply it twice. The final states in the upsert's WHERE keep a
-# finished delivery untouched by anything late; its rows come in key order, so two writers
-# upserting overlapping rows lock them in the same order. Each event's attempt, unless given,
-# is counted from the attempts the upsert returned (none for a finished delivery).
+# One statement writes a flush — messages, delivery upserts, their events — and first claims
+# the flush's id in ledger_flushes: when the id is there already, the flush was applied before
+# (its reply was lost, or its writer stopped waiting) and nothing is written again. It also
+# deletes the ids of earlier flushes the writer knows landed. The final states in the upsert's
+# WHERE keep a finished delivery untouched by anything late; its rows come in key order, so two
+# writers upserting overlapping rows lock them in the same order. Each event's attempt, unless
+# given, is counted from the attempts the upsert returned (none for a finished delivery).
 WRITE = Statement.parse("""
-WITH written_messages AS (""" + _INSERT_MESSAGES + """
+WITH guard AS (
+    INSERT INTO ledger_flushes (id) VALUES (:flush) ON CONFLICT DO NOTHING RETURNING id
+), cleared AS (
+    DELETE FROM ledger_flushes
+    WHERE id IN (SELECT json_array_elements_text(CAST(:landed AS json)))
+), written_messages AS (""" + _INSERT_MESSAGES + """
+    WHERE EXISTS (SELECT FROM guard)
+    ON CONFLICT DO NOTHING
 ), upserted AS (
     INSERT INTO deliveries AS d (message_id, channel, recipient, state, provider,
                                  provider_message_id, attempts, last_error, created_at,
@@ -155,6 +164,7 @@ WITH written_messages AS (""" + _INSERT_MESSAGES + """
          AS u(message_id text, channel text, recipient text, state text, provider text,
               provider_message_id text, attempts integer, last_error text, at timestamptz,
               sent_at timestamptz, last_at timestamptz)
+    WHERE EXISTS (SELECT FROM guard)
     ON CONFLICT (message_id, channel, recipient) DO UPDATE SET
         state = CASE WHEN excluded.state = 'accepted' THEN d.state ELSE excluded.state END,
         attempts = d.attempts + excluded.attempts,
@@ -176,6 +186,7 @@ FROM json_to_recordset(CAST(:events AS json))
           seq integer, batch_attempts integer, provider text, provider_message_id text,
           error text, duration_ms double precision, at timestamptz, n integer)
 LEFT JOIN upserted USING (message_id, channel, recipient)
+WHERE EXISTS (SELECT FROM guard)
 ORDER BY e.n
 """)
 
@@ -204,10 +215,12 @@ def message_rows(records: Sequence[MessageRecord]) -> str:
 
 
 def write_params(
-    messages: Sequence[MessageRecord], pending: dict[DeliveryKey, DeliveryRow]
+    flush: str, landed: Sequence[str], messages: Sequence[MessageRecord],
+    pending: dict[DeliveryKey, DeliveryRow],
 ) -> dict[str, str]:
-    """WRITE's parameters: the messages, the delivery upserts in key order (see there) and
-    every event of each (its ``seq`` numbers the attempts its merged row counts)."""
+    """WRITE's parameters: the flush's id, the ids of earlier flushes known to have landed,
+    the messages, the delivery upserts in key order (see there) and every event of each (its
+    ``seq`` numbers the attempts its merged row counts)."""
     deliveries: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     for key, row in sorted(pending.items()):
@@ -227,7 +240,8 @@ def write_params(
             "provider_message_id": event.provider_message_id, "error": event.error,
             "duration_ms": event.duration_ms, "at": event.at,
         } for index, event in enumerate(row.events)]
-    return {"messages": message_rows(messages), "deliveries": _json(deliveries),
+    return {"flush": flush, "landed": orjson.dumps(list(landed)).decode(),
+            "messages": message_rows(messages), "deliveries": _json(deliveries),
             "events": _json(events)}
 
 

@@ -13,7 +13,7 @@ from tidings.tables.common import metadata
 from tidings.tables.consumers import consumer_groups, consumer_instances
 from tidings.tables.dead_letters import dead_letter_replays, dead_letters
 from tidings.tables.events import delivery_events
-from tidings.tables.ledger import deliveries, messages
+from tidings.tables.ledger import deliveries, ledger_flushes, messages
 from tidings.tables.parked import parked_retries
 from tidings.tables.preferences import preferences
 from tidings.tables.queues import queue_configs
@@ -31,6 +31,7 @@ __all__ = [
     "delivery_stats_day",
     "delivery_stats_hour",
     "delivery_stats_minute",
+    "ledger_flushes",
     "messages",
     "metadata",
     "outbox",

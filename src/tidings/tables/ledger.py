@@ -77,3 +77,14 @@ deliveries = Table(
     Index("ix_deliveries_state_updated_at", "state", "updated_at"),
     Index("ix_deliveries_created_at", "created_at"),
 )
+
+# One row per ledger flush whose outcome may still be unknown to its writer: the flush's
+# statement inserts it first and writes nothing if it is already there, so a flush retried after
+# a lost reply (or a cancelled wait) is applied once. The writer deletes it with a later flush,
+# once it knows the flush landed.
+ledger_flushes = Table(
+    "ledger_flushes",
+    metadata,
+    Column("id", Text, primary_key=True),
+    timestamp("written_at"),
+)
