@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import orjson
-
-from tidings.direct import DirectPool, Statement
+from tidings.direct import DirectPool, Statement, json_param
 
 DeliveryKey = tuple[str, str, str]  # (message_id, channel, recipient)
 
@@ -31,8 +29,7 @@ BUSY = "busy"
 
 # A row in accepted / delayed / failed moves to 'sending' and is ours; a missing one is created
 # so. Any other state is reported as it was; a 'sending' row younger than :stale_s is busy.
-# The legs come as one JSON array of [message_id, channel, recipient] (cheaper to send than
-# three text arrays, see tidings.pipelines.ledger_rows).
+# The legs come as one JSON array of [message_id, channel, recipient] (see direct.json_param).
 _CLAIM = Statement.parse("""
 WITH want AS (
     SELECT DISTINCT leg->>0 AS message_id, leg->>1 AS channel, leg->>2 AS recipient
@@ -109,7 +106,7 @@ class Intents:
         leg's last recorded error."""
         if not legs:
             return {}
-        params = {"legs": orjson.dumps(legs).decode(), "stale_s": self._stale_s}
+        params = {"legs": json_param(legs), "stale_s": self._stale_s}
         result: dict[DeliveryKey, Claim] = {}
         for row in await self._direct.fetch(_CLAIM, params):  # one statement: atomic
             key = (row["message_id"], row["channel"], row["recipient"])

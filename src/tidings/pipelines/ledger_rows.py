@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args
 import orjson
 from sqlalchemy.exc import DBAPIError
 
-from tidings.direct import DirectPool, Statement
+from tidings.direct import DirectPool, Statement, json_param
 from tidings.notification import Notification
 
 DeliveryState = Literal[
@@ -120,8 +120,7 @@ class DeliveryRow:
 
 
 
-# Rows travel as one JSON array per statement, expanded by json_to_recordset: one parameter to
-# encode instead of a PostgreSQL array per column, whose elements asyncpg checks one by one.
+# Rows travel as one JSON array per statement (direct.json_param), expanded by json_to_recordset.
 _MESSAGE_ROWS = """
 SELECT id, topic, key, priority, type, tenant, idempotency_key, payload, trace_id,
        coalesce(created_at, now())
@@ -199,15 +198,9 @@ WHERE m.idempotency_key IS NOT NULL
 """)
 
 
-def _json(rows: list[dict[str, Any]]) -> str:
-    # A naive datetime is taken as UTC (tidings records aware ones; asyncpg would have taken a
-    # naive one as the host's local time).
-    return orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()
-
-
 def message_rows(records: Sequence[MessageRecord]) -> str:
     """The ``:messages`` parameter of CLAIM and WRITE."""
-    return _json([{
+    return json_param([{
         "id": r.id, "topic": r.topic, "key": r.key, "priority": r.priority, "type": r.type,
         "tenant": r.tenant, "idempotency_key": r.idempotency_key, "payload": r.payload,
         "trace_id": r.trace_id, "created_at": r.created_at,
@@ -240,9 +233,9 @@ def write_params(
             "provider_message_id": event.provider_message_id, "error": event.error,
             "duration_ms": event.duration_ms, "at": event.at,
         } for index, event in enumerate(row.events)]
-    return {"flush": flush, "landed": orjson.dumps(list(landed)).decode(),
-            "messages": message_rows(messages), "deliveries": _json(deliveries),
-            "events": _json(events)}
+    return {"flush": flush, "landed": json_param(list(landed)),
+            "messages": message_rows(messages), "deliveries": json_param(deliveries),
+            "events": json_param(events)}
 
 
 async def claim_owners(direct: DirectPool, claims: list[Claim]) -> dict[Claim, str]:

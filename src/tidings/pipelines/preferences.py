@@ -16,12 +16,11 @@ from enum import StrEnum
 from typing import Any, get_args
 from zoneinfo import ZoneInfo
 
-import orjson
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tidings.direct import DirectPool, Statement
+from tidings.direct import DirectPool, Statement, json_param
 from tidings.errors import ConfigurationError
 from tidings.notification import Channel, Notification, NotificationPriority, check_timezone
 from tidings.tables.preferences import preferences as preferences_table
@@ -226,5 +225,5 @@ class PreferenceLookup:
         """Preferences for (tenant, user_id) pairs across tenants, in one query."""
         if not keys:
             return {}
-        rows = await self._direct.fetch(_PAIRS, {"keys": orjson.dumps(keys).decode()})
+        rows = await self._direct.fetch(_PAIRS, {"keys": json_param(keys)})
         return {(row["tenant"], row["user_id"]): _preferences(row) for row in rows}
