@@ -21,7 +21,7 @@ from tidings import App, Message, PayloadError, Priority, Reject, Retry, Setting
 from tidings.batch import Batch
 from tidings.consumer import PartitionConsumer
 from tidings.keys import PartitionKeys
-from tidings.message import Envelope, encode, new_id, now_ms
+from tidings.message import PAYLOAD_FIELD, Envelope, encode, new_id, now_ms
 from tidings.retry import RetryPolicy
 from tidings.streams import RedisTransport
 from tidings.testing import Harness, MemoryTransport, running
@@ -649,6 +649,96 @@ class RuntimeBehaviour:
             await until(lambda: app.agents[AGENT].stats.failed == 4)
             assert await pending(app) == 4
             assert await app.transport.length(out.keys(0).lane(Priority.NORMAL)) == 0
+
+    async def test_a_deferred_batch_is_published_and_acked_after_its_work_while_the_next_runs(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        second_sent, release = asyncio.Event(), asyncio.Event()
+        handled: list[int] = []
+        app = App("suite")
+        jobs = app.topic(TOPIC, model=Job, partitions=1)
+        out = app.topic("suite.out", model=Job, partitions=1)
+
+        async def write_ledger() -> None:
+            await release.wait()
+
+        @app.agent(jobs, name=AGENT, batch=True)
+        async def forward(batch: Batch[Job]) -> None:
+            for message in batch:
+                handled.append(message.value.n)
+                batch.send(out, message.value)
+            if handled == [1]:  # the next batch is there by the time this one is deferred
+                await second_sent.wait()
+            batch.defer(write_ledger)
+
+        async with running(app, tuned(settings, claim_idle_ms=5000),
+                           transport=connect()) as harness:
+            lane = out.keys(0).lane(Priority.NORMAL)
+            await jobs.send(Job(n=1))
+            await until(lambda: handled == [1])
+            await jobs.send(Job(n=2))
+            second_sent.set()
+            await until(lambda: handled == [1, 2])  # read and run while the first one waits
+            assert await pending(app) == 2
+            assert await app.transport.length(lane) == 0, "published before its work was done"
+            release.set()
+            await harness.drain()
+            assert await pending(app) == 0
+            entries = await stream_entries(app.transport, lane)
+        assert [Job.model_validate_json(f[PAYLOAD_FIELD]).n for _, f in entries] == [1, 2]
+        assert app.agents[AGENT].stats.processed == 2
+
+    async def test_stopping_finishes_and_acks_the_deferred_batch(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        handled: list[int] = []
+        go_on = asyncio.Event()
+        app = App("suite")
+        jobs = app.topic(TOPIC, model=Job, partitions=1)
+
+        async def write_ledger() -> None:
+            await asyncio.sleep(0.2)
+
+        @app.agent(jobs, name=AGENT, batch=True)
+        async def record(batch: Batch[Job]) -> None:
+            handled.extend(message.value.n for message in batch)
+            await go_on.wait()  # told to stop meanwhile: the reader leaves with it deferred
+            batch.defer(write_ledger)
+
+        async with running(app, tuned(settings, claim_idle_ms=5000),
+                           transport=connect()) as harness:
+            await jobs.send(Job(n=1))
+            await until(lambda: handled == [1])
+            consumer = reader(harness, 0)
+            stopping = asyncio.create_task(harness.owners[0].stop())
+            await until(lambda: consumer.stopping)
+            go_on.set()
+            await stopping
+            assert app.agents[AGENT].stats.processed == 1
+            assert await pending(app) == 0
+
+    async def test_a_deferred_batch_whose_work_fails_stays_pending_unpublished(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        app = App("suite")
+        jobs = app.topic(TOPIC, model=Job, partitions=1)
+        out = app.topic("suite.out", model=Job, partitions=1)
+
+        async def write_ledger() -> None:
+            raise ConnectionError("database is down")
+
+        @app.agent(jobs, name=AGENT, batch=True)
+        async def forward(batch: Batch[Job]) -> None:
+            for message in batch:
+                batch.send(out, message.value)
+            batch.defer(write_ledger)
+
+        async with running(app, tuned(settings, claim_idle_ms=5000), transport=connect()):
+            await jobs.send_many([Job(n=i) for i in range(3)])
+            await until(lambda: app.agents[AGENT].stats.failed == 3)
+            assert await pending(app) == 3
+            assert await app.transport.length(out.keys(0).lane(Priority.NORMAL)) == 0
+        assert app.agents[AGENT].stats.processed == 0
 
     # -- recovery (regressions found in review) ----------------------------------------
 

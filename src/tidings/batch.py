@@ -4,11 +4,15 @@ A batch agent (``@app.agent(topic, batch=True)``) gets a :class:`Batch`. Message
 rejects nor retries are acked when it returns; what it sends with :meth:`Batch.send` is published
 in one pipelined round trip *before* those acks, so a crash in between redelivers the input
 rather than losing the output (at-least-once across the hop, DESIGN.md D6/D7).
+
+A handler may leave the batch's last piece of work to :meth:`Batch.defer` (e.g. writing its
+ledger rows): the consumer then reads and handles the next batch while that work runs, and
+publishes and acks this one only once it is done.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
@@ -43,7 +47,7 @@ class Outcome:
 class Batch(Generic[T]):
     """The messages of one read, in stream order, and what the handler decided about each."""
 
-    __slots__ = ("_rejected", "_retries", "messages", "outgoing", "targets")
+    __slots__ = ("_rejected", "_retries", "deferred", "messages", "outgoing", "targets")
 
     def __init__(self, messages: list[Message[T]]) -> None:
         self.messages = messages
@@ -51,6 +55,7 @@ class Batch(Generic[T]):
         self.targets: list[Topic[Any]] = []  # the topic of each outgoing entry
         self._rejected: dict[int, tuple[str, str]] = {}
         self._retries: dict[int, RetryRequest] = {}
+        self.deferred: Callable[[], Awaitable[None]] | None = None
 
     def __iter__(self) -> Iterator[Message[T]]:
         return iter(self.messages)
@@ -83,6 +88,13 @@ class Batch(Generic[T]):
         if retry is not None:
             return Outcome("retry", retry.reason, retry=retry)
         return Outcome("ack")
+
+    def defer(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Finish the batch with ``work``, run after the handler returns. Its outputs are
+        published and its messages acked or retried only once ``work`` is done; meanwhile the
+        consumer may read and handle its next batch (one batch at most waits so). If ``work``
+        fails, the whole batch stays pending, as if the handler had failed."""
+        self.deferred = work
 
     def send(
         self,

@@ -1,6 +1,10 @@
 """Consuming one partition: weighted lane reads, ordered per-key handling, ack, retry, reclaim,
 trim.
 
+A batch handler may defer its batch's last work (``Batch.defer``, e.g. its ledger write): the
+next batch is read and handled while it runs, and the deferred batch is published and acked
+when it is done, before the next one is. One batch at most is deferred at a time.
+
 A failed message is retried by its policy: parked in the group's delay set (a sorted set under
 the partition's hash tag) and moved to the group's retry stream when due, atomically, by this
 consumer; that stream is read as a fourth lane. Past its attempts, or failing in a way retrying
@@ -100,6 +104,9 @@ class PartitionConsumer:
         self._next_claim = 0.0
         self._next_trim = 0.0
         self._batch: list[Entry] = []
+        # The batch whose deferred work is running (see Batch.defer), and its entries.
+        self._settling: asyncio.Task[None] | None = None
+        self._settling_entries: list[Entry] = []
         # Set by the partition's owner whenever the lease is renewed (monotonic seconds).
         self.lease_until = math.inf
         self._round = 0
@@ -128,7 +135,7 @@ class PartitionConsumer:
                     await self._maintain()
                     entries = await self._read()
                     if entries:
-                        await self.process(entries)
+                        await self.process(entries, overlap=True)
                     backoff = 0.0
                 except Exception as exc:  # Redis away or a bug: keep the partition, retry
                     if being_cancelled():
@@ -141,16 +148,41 @@ class PartitionConsumer:
                               self.keys.tag, type(exc).__name__, exc, backoff)
                     await asyncio.sleep(backoff)
         finally:
+            await self._end_settling()
             unfinished = self._unfinished()
             await self._flush_acks()
             if unfinished:
                 # Cancelled at the shutdown deadline: hand these to the next owner right away.
                 await asyncio.shield(self.release(unfinished))
 
+    async def _settled(self) -> None:
+        """Wait until the deferred batch, if any, is published and acked (or left pending)."""
+        task, self._settling = self._settling, None
+        if task is not None:
+            await task
+            self._settling_entries = []  # kept if it failed: still pending, not acked
+
+    async def _end_settling(self) -> None:
+        """On the way out: finish the deferred batch, or, when cancelled, abandon it (its
+        entries are then handed back with the rest of the unfinished ones)."""
+        task = self._settling
+        if task is None:
+            return
+        if being_cancelled() and not task.done():
+            self._settling = None
+            task.cancel()
+            await asyncio.wait([task])
+            return
+        try:
+            await self._settled()
+        except Exception as exc:  # its entries stay pending: handed back below
+            log.error("could not finish the last batch of %s (%s: %s)", self.keys.tag,
+                      type(exc).__name__, exc)
+
     def _unfinished(self) -> dict[str, list[bytes]]:
         done = {(stream, i) for stream, ids in self._acks.items() for i in ids}
         left: dict[str, list[bytes]] = {}
-        for entry in self._batch:
+        for entry in [*self._settling_entries, *self._batch]:
             if (entry.stream, entry.id) not in done:
                 left.setdefault(entry.stream, []).append(entry.id)
         return left
@@ -181,6 +213,9 @@ class PartitionConsumer:
         ]
         if entries or self.stopping:
             return entries
+        if self._settling is not None:  # settle it and read again, with its acks, first
+            await self._settled()
+            return entries
         # Wake in time to move the next due retry.
         block_ms = min(self.settings.block_ms,
                        int((self._next_promote - time.monotonic()) * 1000))
@@ -205,13 +240,14 @@ class PartitionConsumer:
 
     # -- handling -------------------------------------------------------------------------
 
-    async def process(self, entries: list[Entry]) -> None:
-        """Handle a batch: dead-letter what cannot be handled, run the rest, collect acks."""
+    async def process(self, entries: list[Entry], *, overlap: bool = False) -> None:
+        """Handle a batch: dead-letter what cannot be handled, run the rest, collect acks.
+        With ``overlap``, work the handler deferred may still be running on return."""
         self._batch = entries
-        await self._handle(entries)
+        await self._handle(entries, overlap)
         self._batch = []
 
-    async def _handle(self, entries: list[Entry]) -> None:
+    async def _handle(self, entries: list[Entry], overlap: bool) -> None:
         messages: list[tuple[Entry, Message[Any]]] = []
         rejects: list[tuple[Entry, str, str]] = []
         for entry in entries:  # a plain loop: only the rare rejects need awaiting
@@ -224,7 +260,7 @@ class PartitionConsumer:
         if not messages:
             return
         if self.agent.batch:
-            await self._run_batch(messages)
+            await self._run_batch(messages, overlap)
             return
         concurrency = self.agent.concurrency
         if concurrency <= 1 or len(messages) == 1:
@@ -316,30 +352,50 @@ class PartitionConsumer:
         }):
             await self.agent.handler(message)
 
-    async def _run_batch(self, items: list[tuple[Entry, Message[Any]]]) -> None:
-        stats = self.agent.stats
+    async def _run_batch(self, items: list[tuple[Entry, Message[Any]]], overlap: bool) -> None:
         batch = Batch([message for _, message in items])
+        started = time.perf_counter()
         try:
-            started = time.perf_counter()
-            try:
-                with tracing.span(f"tidings.batch {self.agent.name}", None, {
-                    "tidings.topic": self.agent.topic.name, "tidings.agent": self.agent.name,
-                    "tidings.partition": self.partition, "tidings.batch_size": len(items),
-                }):
-                    await self.agent.handler(batch)
-            finally:
-                stats.handler_seconds.observe(time.perf_counter() - started)
+            with tracing.span(f"tidings.batch {self.agent.name}", None, {
+                "tidings.topic": self.agent.topic.name, "tidings.agent": self.agent.name,
+                "tidings.partition": self.partition, "tidings.batch_size": len(items),
+            }):
+                await self.agent.handler(batch)
+        except Exception as exc:
+            self._batch_failed(items, exc)
+            return
+        finally:
+            self.agent.stats.handler_seconds.observe(time.perf_counter() - started)
+        if batch.deferred is None or not overlap:
+            await self._settle(items, batch)
+            return
+        # The previous batch's deferred work ran while this one was handled; it settles first.
+        await self._settled()
+        self._settling = asyncio.create_task(self._settle(items, batch))
+        self._settling_entries = [entry for entry, _ in items]
+
+    def _batch_failed(self, items: list[tuple[Entry, Message[Any]]], exc: Exception) -> None:
+        """The whole batch stays pending and is redelivered."""
+        if being_cancelled():
+            raise asyncio.CancelledError from exc
+        self.agent.stats.failed += len(items)
+        log.warning("batch agent %s failed on %d messages: %s: %s; they stay pending and"
+                    " are redelivered after TIDINGS_CLAIM_IDLE_MS", self.agent.name,
+                    len(items), type(exc).__name__, exc)
+
+    async def _settle(self, items: list[tuple[Entry, Message[Any]]], batch: Batch[Any]) -> None:
+        """Run the batch's deferred work, publish its outputs, then ack, retry or dead-letter
+        each message by the handler's verdict."""
+        stats = self.agent.stats
+        try:
+            if batch.deferred is not None:
+                await batch.deferred()
             if batch.outgoing:  # outputs first: a crash before the acks redelivers the inputs
                 await self.transport.add(batch.outgoing)
                 for topic in batch.targets:
                     topic.published += 1
-        except Exception as exc:  # the whole batch stays pending and is redelivered
-            if being_cancelled():
-                raise asyncio.CancelledError from exc
-            stats.failed += len(items)
-            log.warning("batch agent %s failed on %d messages: %s: %s; they stay pending and"
-                        " are redelivered after TIDINGS_CLAIM_IDLE_MS", self.agent.name,
-                        len(items), type(exc).__name__, exc)
+        except Exception as exc:
+            self._batch_failed(items, exc)
             return
         for entry, message in items:
             outcome = batch.outcome(message)
@@ -432,6 +488,7 @@ class PartitionConsumer:
             self._next_claim = now + max(self.settings.claim_idle_ms / 4000, 0.05)
             # Ack first: a batch slower than claim_idle_ms would otherwise be reclaimed, and
             # run again, by this very consumer.
+            await self._settled()
             await self._flush_acks()
             await self.reclaim()
         if now >= self._next_promote:

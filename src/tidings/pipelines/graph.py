@@ -77,6 +77,7 @@ class Item:
 
 Step = Callable[[list[Item]], Awaitable[list[Item]]]
 DropHook = Callable[[list[Item]], Awaitable[None]]
+Settle = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,11 @@ class Stage:
     outputs: Mapping[str, Topic[Any]]
     terminal: bool
     on_drop: DropHook | None
+    settle: Settle | None = None
 
     def step_names(self) -> list[str]:
-        return [getattr(s, "__name__", type(s).__name__) for s in self.steps]
+        steps = [*self.steps, *([self.settle] if self.settle is not None else [])]
+        return [getattr(s, "__name__", type(s).__name__) for s in steps]
 
 
 class Pipeline:
@@ -112,15 +115,20 @@ class Pipeline:
         outputs: Mapping[str, Topic[Any]] | None = None,
         terminal: bool = False,
         on_drop: DropHook | None = None,
+        settle: Settle | None = None,
     ) -> Stage:
-        """Declare a stage; it becomes a batch agent named ``PIPELINE.STAGE`` when built."""
+        """Declare a stage; it becomes a batch agent named ``PIPELINE.STAGE`` when built.
+
+        ``settle`` finishes each batch after its steps (e.g. writing its ledger rows): the
+        batch's outputs are published and its messages acked only once it is done, while the
+        stage reads and runs its next batch (see ``Batch.defer``)."""
         if self.built:
             raise GraphError(f"pipeline {self.name!r} is already built; declare stages first")
         if name in self.stages:
             raise GraphError(f"pipeline {self.name!r} declares stage {name!r} twice")
         if not steps:
             raise GraphError(f"stage {name!r} has no steps")
-        stage = Stage(name, source, tuple(steps), dict(outputs or {}), terminal, on_drop)
+        stage = Stage(name, source, tuple(steps), dict(outputs or {}), terminal, on_drop, settle)
         self.stages[name] = stage
         return stage
 
@@ -233,6 +241,8 @@ def _runner(stage: Stage) -> Callable[[Batch[Any]], Awaitable[None]]:
         dropped = [i for i in items if i.dropped is not None]
         if dropped and stage.on_drop is not None:
             await stage.on_drop(dropped)
+        if stage.settle is not None:
+            batch.defer(stage.settle)
         # A message retried or rejected as a whole publishes none of its items' outputs: the
         # stage runs again for it (or never), and would publish them twice.
         held = {id(i.message) for i in items if i.rejected is not None or i.retrying is not None}

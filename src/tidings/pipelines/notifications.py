@@ -174,13 +174,13 @@ class NotificationPipeline:
         outputs: dict[str, Topic[Dispatch]] = {c: t for c, t in self.channel_topics.items()}
         outputs["orchestration"] = self.orchestration
         graph.stage("intake", source=self.intake, outputs=outputs,
-                    steps=[self.accept, self.route, self.render, self.deliver_inline,
-                           self.write_ledger])
+                    steps=[self.accept, self.route, self.render, self.deliver_inline],
+                    settle=self.write_ledger)
         for channel, topic in self.channel_topics.items():
-            graph.stage(channel, source=topic, steps=[self.deliver, self.write_ledger],
+            graph.stage(channel, source=topic, steps=[self.deliver], settle=self.write_ledger,
                         terminal=True)
-        graph.stage("orchestration", source=self.orchestration,
-                    steps=[self.deliver, self.write_ledger], terminal=True)
+        graph.stage("orchestration", source=self.orchestration, steps=[self.deliver],
+                    settle=self.write_ledger, terminal=True)
         return graph
 
     @property
@@ -377,11 +377,12 @@ class NotificationPipeline:
         self.tally.count(channel, state, len(addresses))
         self.metrics.delivery(channel, NO_PROVIDER, n.tenant, state, len(addresses))
 
-    async def write_ledger(self, items: list[Item]) -> list[Item]:
+    async def write_ledger(self) -> None:
         """Write the batch's ledger rows before its messages are acked (DESIGN.md D2): a crash
-        after the ack must not lose the record of what was sent, filtered or failed."""
+        after the ack must not lose the record of what was sent, filtered or failed. The
+        stage reads and runs its next batch meanwhile; rows of several batches (and stages)
+        that wait for the same write go out in one flush."""
         await self.services.ledger.flush()
-        return items
 
     # -- delivery -------------------------------------------------------------------------
 
