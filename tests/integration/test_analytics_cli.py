@@ -135,7 +135,8 @@ def test_maintain_once_rolls_up_and_applies_retention(env: dict[str, str]) -> No
     # The events were written within the settle time: not rolled up yet, but past retention.
     assert re.fullmatch(
         r"\d\d:\d\d:\d\d rolled up 0 window\(s\), 0 row\(s\), up to .+ UTC; removed "
-        r"3 messages, 3 deliveries, 3 events, 0/0/0 minute/hour/day rows\n", output
+        r"3 messages, 3 deliveries, 3 events, 0/0/0 minute/hour/day rows, 0 stale flush "
+        r"ids\n", output
     ), output
 
 

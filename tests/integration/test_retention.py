@@ -103,3 +103,18 @@ async def test_zero_days_keeps_everything(engine: AsyncEngine) -> None:
 
     assert removed.total == 0
     assert await _ids(engine, "SELECT id FROM messages") == ["ancient"]
+
+
+async def test_flush_ids_older_than_a_day_are_deleted_and_recent_ones_kept(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.begin() as conn:
+        for flush, age in (("gone", timedelta(days=1, seconds=1)), ("live", timedelta(hours=23))):
+            await conn.execute(text("INSERT INTO ledger_flushes (id, written_at) VALUES "
+                                    "(:id, :at)"), {"id": flush, "at": NOW - age})
+
+    removed = await apply_retention(engine, Retention(ledger_days=0, minute_days=0,
+                                                      hour_days=0), NOW)
+
+    assert removed == Removed(flushes=1)
+    assert await _ids(engine, "SELECT id FROM ledger_flushes") == ["live"]

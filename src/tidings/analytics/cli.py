@@ -163,5 +163,5 @@ async def maintain_once(engine: AsyncEngine, retention: Retention, now: datetime
         f"{now:%H:%M:%S} rolled up {rolled.windows} window(s), {rolled.rows} row(s), "
         f"up to {mark}; removed {removed.messages} messages, {removed.deliveries} deliveries, "
         f"{removed.events} events, {removed.minute}/{removed.hour}/{removed.day} "
-        "minute/hour/day rows", highlight=False,
+        f"minute/hour/day rows, {removed.flushes} stale flush ids", highlight=False,
     )

@@ -4,6 +4,10 @@ batches (one short transaction each) so that no lock is held for long.
 A message, its deliveries and its delivery events go together, by the message's acceptance
 time: a notification's story is kept whole or not at all. A roll-up row goes once its whole
 bucket (minute, hour or day) is older than the cutoff.
+
+The ids of ledger flushes (``ledger_flushes``) matter only while their writer may write the
+same flush again, seconds at most; a running writer deletes its own. The last id of a writer
+that stopped without that stays behind: ids older than a day are deleted.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from typing import Final
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -23,6 +28,9 @@ _DOOMED = text("""
 SELECT id FROM messages WHERE created_at < :cutoff
 ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED
 """)
+# Long past any rewrite of the flush: its writer retries for seconds, then gives up or dies.
+FLUSH_IDS_KEPT: Final = timedelta(days=1)
+_FLUSH_IDS = text("DELETE FROM ledger_flushes WHERE written_at < :cutoff")
 _LEDGER = (
     ("events", text("DELETE FROM delivery_events WHERE message_id = ANY(:ids)")),
     ("deliveries", text("DELETE FROM deliveries WHERE message_id = ANY(:ids)")),
@@ -80,6 +88,7 @@ class Removed:
     minute: int = 0
     hour: int = 0
     day: int = 0
+    flushes: int = 0
 
     @property
     def total(self) -> int:
@@ -110,8 +119,11 @@ async def _stats_batch(conn: AsyncConnection, level: str, cutoff: datetime,
 
 
 async def apply_retention(engine: AsyncEngine, retention: Retention, now: datetime) -> Removed:
-    """Delete what is older than each retention before ``now``, batch after batch."""
-    counts: dict[str, int] = {}
+    """Delete what is older than each retention before ``now``, batch after batch, and the
+    flush ids left by writers that are gone."""
+    async with engine.begin() as conn:
+        flushes = await conn.execute(_FLUSH_IDS, {"cutoff": now - FLUSH_IDS_KEPT})
+    counts: dict[str, int] = {"flushes": flushes.rowcount}
     cutoffs = {"ledger": _cutoff(now, retention.ledger_days)}
     for level in ("minute", "hour", "day"):
         cutoffs[level] = _cutoff(now, getattr(retention, f"{level}_days"))
