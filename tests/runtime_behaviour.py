@@ -688,6 +688,42 @@ class RuntimeBehaviour:
         assert [Job.model_validate_json(f[PAYLOAD_FIELD]).n for _, f in entries] == [1, 2]
         assert app.agents[AGENT].stats.processed == 2
 
+    async def test_a_batch_that_defers_nothing_is_published_after_the_deferred_one_before_it(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        second_sent, release = asyncio.Event(), asyncio.Event()
+        handled: list[int] = []
+        app = App("suite")
+        jobs = app.topic(TOPIC, model=Job, partitions=1)
+        out = app.topic("suite.out", model=Job, partitions=1)
+
+        async def write_ledger() -> None:
+            await release.wait()
+
+        @app.agent(jobs, name=AGENT, batch=True)
+        async def forward(batch: Batch[Job]) -> None:
+            for message in batch:
+                handled.append(message.value.n)
+                batch.send(out, message.value)
+            if handled == [1]:  # only the first batch has work to defer
+                await second_sent.wait()
+                batch.defer(write_ledger)
+
+        async with running(app, tuned(settings, claim_idle_ms=5000),
+                           transport=connect()) as harness:
+            lane = out.keys(0).lane(Priority.NORMAL)
+            await jobs.send(Job(n=1))
+            await until(lambda: handled == [1])
+            await jobs.send(Job(n=2))
+            second_sent.set()
+            await until(lambda: handled == [1, 2])
+            await asyncio.sleep(0.1)
+            assert await app.transport.length(lane) == 0, "the second went out before the first"
+            release.set()
+            await harness.drain()
+            entries = await stream_entries(app.transport, lane)
+        assert [Job.model_validate_json(f[PAYLOAD_FIELD]).n for _, f in entries] == [1, 2]
+
     async def test_stopping_finishes_and_acks_the_deferred_batch(
         self, settings: Settings, connect: Connect
     ) -> None:

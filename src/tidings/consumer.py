@@ -148,12 +148,14 @@ class PartitionConsumer:
                               self.keys.tag, type(exc).__name__, exc, backoff)
                     await asyncio.sleep(backoff)
         finally:
-            await self._end_settling()
-            unfinished = self._unfinished()
-            await self._flush_acks()
-            if unfinished:
-                # Cancelled at the shutdown deadline: hand these to the next owner right away.
-                await asyncio.shield(self.release(unfinished))
+            try:
+                await self._end_settling()
+            finally:  # even when cancelled while finishing it (the shutdown deadline)
+                unfinished = self._unfinished()
+                await self._flush_acks()
+                if unfinished:
+                    # Cancelled at the shutdown deadline: hand these to the next owner now.
+                    await asyncio.shield(self.release(unfinished))
 
     async def _settled(self) -> None:
         """Wait until the deferred batch, if any, is published and acked (or left pending)."""
@@ -172,6 +174,9 @@ class PartitionConsumer:
             self._settling = None
             task.cancel()
             await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:
+                log.error("could not finish the last batch of %s (%s)", self.keys.tag,
+                          task.exception())
             return
         try:
             await self._settled()
@@ -366,11 +371,18 @@ class PartitionConsumer:
             return
         finally:
             self.agent.stats.handler_seconds.observe(time.perf_counter() - started)
+        # The previous batch's deferred work ran while this one was handled; it settles first
+        # (outputs in batch order), whether or not this one defers anything.
+        try:
+            await self._settled()
+        except Exception as exc:  # that batch stays pending and is redelivered; this one goes on
+            if being_cancelled():
+                raise asyncio.CancelledError from exc
+            log.error("could not finish a batch of %s (%s: %s); it stays pending", self.keys.tag,
+                      type(exc).__name__, exc)
         if batch.deferred is None or not overlap:
             await self._settle(items, batch)
             return
-        # The previous batch's deferred work ran while this one was handled; it settles first.
-        await self._settled()
         self._settling = asyncio.create_task(self._settle(items, batch))
         self._settling_entries = [entry for entry, _ in items]
 
