@@ -281,7 +281,9 @@ class LedgerWriter:
             raise failure
 
     async def _added(self) -> None:
-        if self.pending >= self._max_batch:
+        # Called for every row: the buffers' sizes first, the (rare) unanswered units after.
+        buffered = len(self._messages) + len(self._deliveries)
+        if buffered >= self._max_batch or (self._uncertain and self.pending >= self._max_batch):
             await self._flush()
         elif self._timer is None:
             self._timer = asyncio.create_task(self._flush_later())
