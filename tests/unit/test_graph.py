@@ -102,6 +102,21 @@ def test_the_graph_describes_itself_as_text_and_mermaid() -> None:
     assert "-->|email|" in mermaid
 
 
+def test_a_stage_s_settle_is_named_after_its_steps() -> None:
+    app = App("g")
+
+    async def write_ledger() -> None:
+        return None
+
+    pipeline = Pipeline(app, "g")
+    pipeline.stage("send", source=app.topic("g.intake"), steps=[keep], settle=write_ledger,
+                   terminal=True)
+    pipeline.build()
+    assert "    steps: keep\n    settle: write_ledger (the next batch runs meanwhile)" in (
+        pipeline.describe())
+    assert "keep<br/>settle: write_ledger" in pipeline.mermaid()
+
+
 async def test_items_flow_through_stages_fan_out_and_drops_are_reported() -> None:
     app = App("g")
     intake = app.topic("g.intake", model=Note, partitions=2)

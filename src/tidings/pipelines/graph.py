@@ -93,8 +93,14 @@ class Stage:
     settle: Settle | None = None
 
     def step_names(self) -> list[str]:
-        steps = [*self.steps, *([self.settle] if self.settle is not None else [])]
-        return [getattr(s, "__name__", type(s).__name__) for s in steps]
+        return [_name(s) for s in self.steps]
+
+    def settle_name(self) -> str | None:
+        return None if self.settle is None else _name(self.settle)
+
+
+def _name(work: object) -> str:
+    return getattr(work, "__name__", type(work).__name__)
 
 
 class Pipeline:
@@ -204,6 +210,8 @@ class Pipeline:
             lines.append(f"  stage {stage.name}: reads {stage.source.name}"
                          f" ({stage.source.partitions or 'default'} partitions)")
             lines.append(f"    steps: {' -> '.join(stage.step_names())}")
+            if stage.settle is not None:
+                lines.append(f"    settle: {stage.settle_name()} (the next batch runs meanwhile)")
             for output, topic in stage.outputs.items():
                 lines.append(f"    output {output} -> {topic.name}")
             if stage.terminal:
@@ -224,6 +232,8 @@ class Pipeline:
         for index, stage in enumerate(self.stages.values()):
             node = f"s{index}"
             steps = " → ".join(stage.step_names())
+            if stage.settle is not None:
+                steps += f"<br/>settle: {stage.settle_name()}"
             lines.append(f'  {node}["{stage.name}<br/>{steps}"]')
             lines.append(f"  {topic_node(stage.source)} --> {node}")
             for output, topic in stage.outputs.items():
