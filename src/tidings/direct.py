@@ -102,8 +102,10 @@ class DirectPool:
             if self._closed:
                 raise asyncpg.InterfaceError("the direct pool is closed")
             if self._pool is None:
+                # No floor of idle connections: asyncpg would keep reconnecting to restore it
+                # while the server is away, logging a traceback for every try.
                 self._pool = await asyncpg.create_pool(
-                    self._dsn, min_size=1, max_size=self._size, timeout=self._timeout,
+                    self._dsn, min_size=0, max_size=self._size, timeout=self._timeout,
                     server_settings={"search_path": f"{quote_ident(self._schema)}, public"},
                     reset=_no_reset,
                 )
