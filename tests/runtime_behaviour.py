@@ -650,8 +650,9 @@ class RuntimeBehaviour:
             assert await pending(app) == 4
             assert await app.transport.length(out.keys(0).lane(Priority.NORMAL)) == 0
 
+    @pytest.mark.parametrize("second_defers", [True, False], ids=["both defer", "first only"])
     async def test_a_deferred_batch_is_published_and_acked_after_its_work_while_the_next_runs(
-        self, settings: Settings, connect: Connect
+        self, settings: Settings, connect: Connect, second_defers: bool
     ) -> None:
         second_sent, release = asyncio.Event(), asyncio.Event()
         handled: list[int] = []
@@ -669,44 +670,7 @@ class RuntimeBehaviour:
                 batch.send(out, message.value)
             if handled == [1]:  # the next batch is there by the time this one is deferred
                 await second_sent.wait()
-            batch.defer(write_ledger)
-
-        async with running(app, tuned(settings, claim_idle_ms=5000),
-                           transport=connect()) as harness:
-            lane = out.keys(0).lane(Priority.NORMAL)
-            await jobs.send(Job(n=1))
-            await until(lambda: handled == [1])
-            await jobs.send(Job(n=2))
-            second_sent.set()
-            await until(lambda: handled == [1, 2])  # read and run while the first one waits
-            assert await pending(app) == 2
-            assert await app.transport.length(lane) == 0, "published before its work was done"
-            release.set()
-            await harness.drain()
-            assert await pending(app) == 0
-            entries = await stream_entries(app.transport, lane)
-        assert [Job.model_validate_json(f[PAYLOAD_FIELD]).n for _, f in entries] == [1, 2]
-        assert app.agents[AGENT].stats.processed == 2
-
-    async def test_a_batch_that_defers_nothing_is_published_after_the_deferred_one_before_it(
-        self, settings: Settings, connect: Connect
-    ) -> None:
-        second_sent, release = asyncio.Event(), asyncio.Event()
-        handled: list[int] = []
-        app = App("suite")
-        jobs = app.topic(TOPIC, model=Job, partitions=1)
-        out = app.topic("suite.out", model=Job, partitions=1)
-
-        async def write_ledger() -> None:
-            await release.wait()
-
-        @app.agent(jobs, name=AGENT, batch=True)
-        async def forward(batch: Batch[Job]) -> None:
-            for message in batch:
-                handled.append(message.value.n)
-                batch.send(out, message.value)
-            if handled == [1]:  # only the first batch has work to defer
-                await second_sent.wait()
+            if handled == [1] or second_defers:
                 batch.defer(write_ledger)
 
         async with running(app, tuned(settings, claim_idle_ms=5000),
@@ -716,13 +680,16 @@ class RuntimeBehaviour:
             await until(lambda: handled == [1])
             await jobs.send(Job(n=2))
             second_sent.set()
-            await until(lambda: handled == [1, 2])
+            await until(lambda: handled == [1, 2])  # read and run while the first one waits
             await asyncio.sleep(0.1)
-            assert await app.transport.length(lane) == 0, "the second went out before the first"
+            assert await pending(app) == 2
+            assert await app.transport.length(lane) == 0, "published before the first was done"
             release.set()
             await harness.drain()
+            assert await pending(app) == 0
             entries = await stream_entries(app.transport, lane)
         assert [Job.model_validate_json(f[PAYLOAD_FIELD]).n for _, f in entries] == [1, 2]
+        assert app.agents[AGENT].stats.processed == 2
 
     async def test_stopping_finishes_and_acks_the_deferred_batch(
         self, settings: Settings, connect: Connect
