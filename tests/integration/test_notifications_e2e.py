@@ -179,6 +179,7 @@ async def test_a_template_is_rendered_per_channel_and_locale_with_fallback(world
     assert [s.body for s in world.local.http.sms] == ["Encomenda 42 enviada"]
 
 
+@pytest.mark.parametrize("inline", [frozenset(), frozenset(CHANNELS)], ids=["hop", "inline"])
 async def test_publishing_the_same_idempotency_key_twice_sends_once(world: World) -> None:
     first = await world.pipeline.publish(notification(channels=["sms"], idempotency_key="k-1"))
     await world.pipeline.publish(notification(channels=["sms"], idempotency_key="k-1"))
@@ -189,6 +190,7 @@ async def test_publishing_the_same_idempotency_key_twice_sends_once(world: World
     assert world.pipeline.tally.outcomes.get(("*", "duplicate")) == 1
 
 
+@pytest.mark.parametrize("inline", [frozenset(), frozenset(CHANNELS)], ids=["hop", "inline"])
 async def test_an_opted_out_channel_is_skipped_and_recorded(world: World) -> None:
     await world.pipeline.services.preferences.put(
         Preferences(user_id="u-3", tenant="default", opted_out=frozenset({"sms"}))
@@ -203,6 +205,7 @@ async def test_an_opted_out_channel_is_skipped_and_recorded(world: World) -> Non
     assert world.local.http.sms == type(world.local.http.sms)()
 
 
+@pytest.mark.parametrize("inline", [frozenset(), frozenset(CHANNELS)], ids=["hop", "inline"])
 async def test_quiet_hours_delay_a_notification_but_not_a_critical_one(world: World) -> None:
     everywhere = QuietHours(start=clock(0, 0), end=clock(23, 59))
     await world.pipeline.services.preferences.put(
@@ -220,6 +223,7 @@ async def test_quiet_hours_delay_a_notification_but_not_a_critical_one(world: Wo
     assert held == 1
 
 
+@pytest.mark.parametrize("inline", [frozenset(), frozenset(CHANNELS)], ids=["hop", "inline"])
 async def test_a_template_that_fails_to_render_is_a_dead_leg_and_a_dead_letter(
     world: World,
 ) -> None:
