@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tidings.direct import DirectPool
 from tidings.notification import Notification
 from tidings.pipelines.ledger import LedgerError, LedgerWriter, MessageRecord
-from tidings.pipelines.preferences import Preferences, PreferenceStore
 from tidings.tables import deliveries, messages
 
 pytestmark = [pytest.mark.postgres]
@@ -290,51 +289,6 @@ async def test_a_claimed_message_takes_deliveries(
 
     [row] = await _deliveries(engine)
     assert (row.state, row.provider_message_id) == ("sent", "id-1")
-
-
-# -- admission: the idempotency claim with the intent claim of new messages' legs ------------
-
-
-def _leg(message_id: str, user: str = "u1") -> tuple[str, str, str, str, str]:
-    return (message_id, "email", f"{user}@example.com", "t1", user)
-
-
-async def _states(engine: AsyncEngine) -> dict[str, str]:
-    return {row.message_id: row.state for row in await _deliveries(engine)}
-
-
-async def test_admitting_a_new_message_claims_its_legs_in_the_same_statement(
-    engine: AsyncEngine, writer: LedgerWriter
-) -> None:
-    duplicates, claimed = await writer.admit([_message("m1", "k1")], [_leg("m1")])
-
-    assert (duplicates, claimed) == (set(), {("m1", "email", "u1@example.com")})
-    assert await _states(engine) == {"m1": "sending"}
-
-
-async def test_admission_leaves_the_legs_of_a_recipient_with_preferences_to_routing(
-    engine: AsyncEngine, writer: LedgerWriter
-) -> None:
-    await PreferenceStore(engine).put(Preferences("u2", tenant="t1",
-                                                  opted_out=frozenset({"email"})))
-
-    _, claimed = await writer.admit([_message("m1", "k1"), _message("m2", "k2")],
-                                    [_leg("m1"), _leg("m2", user="u2")])
-
-    assert claimed == {("m1", "email", "u1@example.com")}
-    assert await _states(engine) == {"m1": "sending"}
-
-
-async def test_admission_claims_no_leg_of_a_duplicate_or_a_redelivered_message(
-    engine: AsyncEngine, writer: LedgerWriter
-) -> None:
-    await writer.admit([_message("m1", "k1")])
-
-    duplicates, claimed = await writer.admit(
-        [_message("m1", "k1"), _message("m2", "k1")], [_leg("m1"), _leg("m2")])
-
-    assert (duplicates, claimed) == ({"m2"}, set())
-    assert await _states(engine) == {}
 
 
 # -- failures --------------------------------------------------------------------------------

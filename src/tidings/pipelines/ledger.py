@@ -37,11 +37,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from tidings.direct import DirectPool, json_param, transient
+from tidings.direct import DirectPool, transient
 from tidings.errors import TidingsError
 from tidings.message import new_id
 from tidings.pipelines.ledger_rows import (
-    ADMIT,
     CLAIM,
     COUNTED,
     FINAL,
@@ -60,12 +59,9 @@ from tidings.pipelines.ledger_rows import (
 )
 from tidings.tasks import being_cancelled
 
-__all__ = ["FINAL", "STATES", "AdmittedLeg", "DeliveryState", "LedgerError", "LedgerWriter",
-           "MessageRecord"]
+__all__ = ["FINAL", "STATES", "DeliveryState", "LedgerError", "LedgerWriter", "MessageRecord"]
 
 T = TypeVar("T")
-# A leg to claim with its message: (message_id, channel, recipient, tenant, user_id).
-AdmittedLeg = tuple[str, str, str, str, str]
 log = logging.getLogger(__name__)
 
 
@@ -219,16 +215,6 @@ class LedgerWriter:
         idempotency key) — from an earlier batch or earlier in this one. Its redelivery (same
         id) is not a duplicate: the delivery rows decide whether its legs were sent.
         """
-        duplicates, _ = await self.admit(batch)
-        return duplicates
-
-    async def admit(
-        self, batch: Sequence[MessageRecord], legs: Sequence[AdmittedLeg] = ()
-    ) -> tuple[set[str], set[DeliveryKey]]:
-        """:meth:`claim_idempotency_keys`, and in the same statement the intent claim
-        ('sending') of those ``legs`` whose message it writes now and whose recipient (tenant,
-        user id) has no stored preferences (ledger_rows.ADMIT). Returns the duplicates and the
-        legs claimed; the others go through the intent claim as usual."""
         self._check()
         first: dict[Claim, str] = {}
         unique: dict[str, MessageRecord] = {}
@@ -240,22 +226,13 @@ class LedgerWriter:
             else:
                 unique.setdefault(record.id, record)
         if not unique:
-            return duplicates, set()
+            return duplicates
         records = list(unique.values())
-        claimed: set[DeliveryKey] = set()
 
         async def insert() -> tuple[dict[str, Claim], dict[Claim, str]]:
             # Two statements, no transaction: an owner found by the second committed first.
-            claimed.clear()
-            if legs:
-                rows = await self._direct.fetch(ADMIT, {"messages": message_rows(records),
-                                                        "legs": json_param(legs)})
-                inserted = {row["message_id"] for row in rows if row["channel"] is None}
-                claimed.update((row["message_id"], row["channel"], row["recipient"])
-                               for row in rows if row["channel"] is not None)
-            else:
-                rows = await self._direct.fetch(CLAIM, {"messages": message_rows(records)})
-                inserted = {row["id"] for row in rows}
+            rows = await self._direct.fetch(CLAIM, {"messages": message_rows(records)})
+            inserted = {row["id"] for row in rows}
             contested = {r.id: c for r in records if r.id not in inserted
                          and (c := r.claim) is not None}
             return contested, await claim_owners(self._direct, list(contested.values()))
@@ -271,7 +248,7 @@ class LedgerWriter:
             owner = owners.get(claim)
             if owner is not None and owner != message_id:
                 duplicates.add(message_id)
-        return duplicates, claimed
+        return duplicates
 
     async def flush(self) -> None:
         """Write every buffered row now; LedgerError if they could not be written."""

@@ -137,32 +137,6 @@ INSERT INTO messages (id, topic, key, priority, type, tenant, idempotency_key, p
 # rows and their owners: safe to repeat.)
 CLAIM = Statement.parse(_INSERT_MESSAGES + "ON CONFLICT DO NOTHING RETURNING id")
 
-# CLAIM, and in the same statement the intent claim ('sending', see pipelines.intents) of the
-# given legs — [message_id, channel, recipient, tenant, user_id] — of the messages it wrote
-# whose recipient has no stored preferences: the legs their routing sends, known before the
-# preferences are read. A message it did not write (a redelivery, a duplicate) may have had its
-# legs claimed or sent already: they go through the intent claim as usual. Rows: each message
-# written (channel NULL), then each leg claimed.
-ADMIT = Statement.parse("""
-WITH claimed AS (""" + _INSERT_MESSAGES + """ON CONFLICT DO NOTHING RETURNING id
-), legs AS (
-    SELECT DISTINCT leg->>0 AS message_id, leg->>1 AS channel, leg->>2 AS recipient
-    FROM json_array_elements(CAST(:legs AS json)) AS leg
-    WHERE leg->>0 IN (SELECT id FROM claimed)
-      AND NOT EXISTS (SELECT FROM preferences AS p
-                      WHERE p.tenant = leg->>3 AND p.user_id = leg->>4)
-), sending AS (
-    INSERT INTO deliveries (message_id, channel, recipient, state)
-    SELECT message_id, channel, recipient, 'sending' FROM legs
-    ORDER BY message_id, channel, recipient
-    ON CONFLICT DO NOTHING
-    RETURNING message_id, channel, recipient
-)
-SELECT id AS message_id, NULL AS channel, NULL AS recipient FROM claimed
-UNION ALL
-SELECT message_id, channel, recipient FROM sending
-""")
-
 # One statement writes a flush — messages, delivery upserts, their events — and first claims
 # the flush's id in ledger_flushes: when the id is there already, the flush was applied before
 # (its reply was lost, or its writer stopped waiting) and nothing is written again. It also

@@ -34,8 +34,8 @@ from tidings.direct import DirectPool
 from tidings.notification import Channel, Content, Notification
 from tidings.observability.deliveries import NO_PROVIDER, PipelineMetrics
 from tidings.pipelines.graph import Item, Pipeline
-from tidings.pipelines.intents import DeliveryKey, Intents
-from tidings.pipelines.ledger import AdmittedLeg, DeliveryState, LedgerWriter, MessageRecord
+from tidings.pipelines.intents import Intents
+from tidings.pipelines.ledger import DeliveryState, LedgerWriter, MessageRecord
 from tidings.pipelines.preferences import (
     Outcome,
     PreferenceLookup,
@@ -255,11 +255,7 @@ class NotificationPipeline:
 
     async def accept(self, items: list[Item]) -> list[Item]:
         """Write each notification to the ledger; drop a second use of an idempotency key.
-        The recipients' preferences, which ``route`` needs, are read at the same time.
-
-        The same statement claims the inline legs of each new message whose recipient has no
-        stored preferences (their route needs none): ``deliver_inline`` sends them with no
-        intent claim of its own, one PostgreSQL exchange fewer per batch."""
+        The recipients' preferences, which ``route`` needs, are read at the same time."""
         keys = [(i.value.tenant, i.value.recipient.user_id) for i in items]
         records = [
             MessageRecord.from_notification(
@@ -268,47 +264,18 @@ class NotificationPipeline:
             )
             for i in items
         ]
-        (duplicates, claimed), prefs = await asyncio.gather(
-            self.services.ledger.admit(records, self._inline_legs(items)),
+        duplicates, prefs = await asyncio.gather(
+            self.services.ledger.claim_idempotency_keys(records),
             self.services.lookup.get_pairs(keys),
         )
-        admitted: dict[str, set[DeliveryKey]] = {}
-        for leg in claimed:
-            admitted.setdefault(leg[0], set()).add(leg)
         for item, key in zip(items, keys, strict=True):
-            if item.message.id in admitted:
-                # Routed as the claim assumed: with no preferences (none were stored when it
-                # ran; one stored since is for the next message).
-                item.attrs["preference"] = None
-                item.attrs["claimed"] = admitted[item.message.id]
-            else:
-                item.attrs["preference"] = prefs.get(key)
+            item.attrs["preference"] = prefs.get(key)
             if item.message.id in duplicates:
                 item.drop("duplicate idempotency key: already accepted once")
                 self.tally.count("*", "duplicate")
                 log.info("message %s reuses idempotency key %r of tenant %r: not sent again",
                          item.message.id, item.value.idempotency_key, item.value.tenant)
         return items
-
-    def _inline_legs(self, items: list[Item]) -> list[AdmittedLeg]:
-        """The legs of inline channels each item's route sends now if its recipient has no
-        stored preferences (the route is then the same whenever it is taken)."""
-        if not self.inline:
-            return []
-        now = datetime.now(UTC)
-        legs: list[AdmittedLeg] = []
-        seen: set[str] = set()
-        for item in items:
-            n: Notification = item.value
-            if n.channels == "auto" or item.message.id in seen or (
-                    n.send_at is not None and n.send_at - now > MIN_DELAY):
-                continue
-            seen.add(item.message.id)
-            for channel in self.router.route(n, None).channels:
-                if channel in self.inline:
-                    legs += [(item.message.id, channel, address, n.tenant, n.recipient.user_id)
-                             for address in n.recipient.addresses(channel)]
-        return legs
 
     async def route(self, items: list[Item]) -> list[Item]:
         """Pick channels (explicit, or ``auto`` by preference / rule), honour opt-outs, quiet

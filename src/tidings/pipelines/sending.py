@@ -121,7 +121,9 @@ class Sender:
             job = await self._job(run, channel, tally)
             if job is not None:
                 jobs.append(job)
-        claims = await self._claim(jobs)
+        claims = await self.intents.claim(
+            [(j.run.dispatch.message_id, j.channel, leg.address) for j in jobs for leg in j.legs]
+        )
         sends: list[tuple[_Job, Delivery]] = []
         for job in jobs:
             sends += await self._triage(job, claims, tally)
@@ -152,20 +154,6 @@ class Sender:
             else:  # fan-out: every leg must have gone
                 run.delivered = not run.busy and not any(
                     f.channel == job.channel for f in run.failures)
-
-    async def _claim(self, jobs: list[_Job]) -> dict[DeliveryKey, Claim]:
-        """Claim the jobs' legs in one statement; those claimed when their message was admitted
-        (NotificationPipeline.accept) are ours already."""
-        held: list[DeliveryKey] = []
-        wanted: list[DeliveryKey] = []
-        for job in jobs:
-            admitted = job.run.item.attrs.get("claimed", ())
-            for leg in job.legs:
-                key = (job.run.dispatch.message_id, job.channel, leg.address)
-                (held if key in admitted else wanted).append(key)
-        claims = await self.intents.claim(wanted)
-        claims.update((key, Claim(CLAIMED, None)) for key in held)
-        return claims
 
     async def _send(self, job: _Job, leg: Delivery, traced: bool,
                     called: set[int]) -> SendResult:
