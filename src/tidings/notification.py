@@ -165,7 +165,10 @@ class Recipient(_Model):
     user_id: Key
     email: Email | None = None
     phone: Phone | None = None
-    device_tokens: tuple[DeviceToken, ...] = Field((), max_length=100)
+    # A token given twice is one device: one leg, sent once.
+    device_tokens: Annotated[tuple[DeviceToken, ...],
+                             AfterValidator(lambda tokens: tuple(dict.fromkeys(tokens)))] = (
+        Field((), max_length=100))
     timezone: TimeZone | None = None
     locale: Locale = "en"
 

@@ -9,7 +9,7 @@ import pytest
 
 from tidings.errors import PayloadError
 from tidings.message import Priority
-from tidings.notification import Notification, NotificationPriority, parse_notification
+from tidings.notification import Notification, NotificationPriority, Recipient, parse_notification
 
 
 def payload(**changes: Any) -> dict[str, Any]:
@@ -53,6 +53,12 @@ def test_a_full_notification_is_accepted() -> None:
     assert n.priority is NotificationPriority.HIGH
     assert n.send_at is not None
     assert n.send_at.utcoffset() is not None
+
+
+def test_a_device_token_given_twice_is_one_push_leg() -> None:
+    r = Recipient(user_id="u", device_tokens=["tok-1", "tok-2", "tok-1"])
+
+    assert r.addresses("push") == ("tok-1", "tok-2")
 
 
 def test_json_bytes_parse_like_a_dict() -> None:
