@@ -190,6 +190,23 @@ async def test_publishing_the_same_idempotency_key_twice_sends_once(world: World
     assert world.pipeline.tally.outcomes.get(("*", "duplicate")) == 1
 
 
+@pytest.mark.parametrize("inline", [frozenset(), frozenset({"sms"})], ids=["hop", "inline"])
+async def test_one_message_read_twice_in_one_batch_is_sent_once(world: World) -> None:
+    intake = world.pipeline.intake
+    # One key, one partition: the reader wakes for the first entry and then reads the rest,
+    # the two copies of one message among them, as one batch.
+    entries = [intake.prepare(notification(channels=["sms"]), key="u-1") for _ in range(11)]
+    twice = entries[-1]
+    await world.pipeline.app.transport.add(
+        [(stream, fields) for _, stream, fields in [*entries, twice]])
+
+    rows = await world.settle(twice[0], 1)
+    await asyncio.sleep(0.3)  # the copy waits to look again: it must not have sent meanwhile
+
+    assert [s for _, _, s, _ in rows] == ["sent"]
+    assert world.pipeline.tally.outcomes.get(("sms", "sent")) == 11
+
+
 @pytest.mark.parametrize("inline", [frozenset(), frozenset(CHANNELS)], ids=["hop", "inline"])
 async def test_an_opted_out_channel_is_skipped_and_recorded(world: World) -> None:
     await world.pipeline.services.preferences.put(

@@ -64,6 +64,22 @@ class _Job:
     legs: list[Delivery]
 
 
+def _once(sends: list[tuple[_Job, Delivery]]) -> list[tuple[_Job, Delivery]]:
+    """Each leg once: one claim answers for every copy of a leg in the wave (a message read
+    twice in one batch), so a later copy's run waits instead, and finds the leg sent when it
+    tries again."""
+    seen: set[DeliveryKey] = set()
+    once: list[tuple[_Job, Delivery]] = []
+    for job, leg in sends:
+        key = (job.run.dispatch.message_id, job.channel, leg.address)
+        if key in seen:
+            job.run.busy = True
+        else:
+            seen.add(key)
+            once.append((job, leg))
+    return once
+
+
 def idempotent(provider: Provider) -> bool:
     """Whether the provider deduplicates by our idempotency key, so a send whose outcome is
     unknown may be repeated safely (providers say so with ``idempotent = True``)."""
@@ -127,6 +143,7 @@ class Sender:
         sends: list[tuple[_Job, Delivery]] = []
         for job in jobs:
             sends += await self._triage(job, claims, tally)
+        sends = _once(sends)
         traced = tracing.enabled()
         called: set[int] = set()
         outcomes: list[SendResult | None] = [None] * len(sends)
