@@ -46,6 +46,8 @@ async def test_report_has_rates_latencies_and_their_runs(settings: Settings) -> 
     assert report["topology"] == "inline"
     assert report["notifications_per_s"] == report["topologies"]["inline"]["notifications_per_s"]
     assert report["counts"] == {"drain": 200, "steady": 200}
+    assert report["postgres_commit_ms"] > 0
+    assert report["postgres_rows_per_s"] > 0
     assert orjson.loads(orjson.dumps(report)) == report
 
 

@@ -9,12 +9,16 @@ provider → ledger in PostgreSQL, in both topologies the pipeline offers:
 Two measures for each, each run several times (medians reported):
 
 - drain: N notifications prefilled, then consumed until every one is sent and its ledger rows
-  are written — notifications/s; the raw XREADGROUP COUNT 100 + XACK loop drains the same
-  number of identical entries in the same run, taking turns with it (who goes first alternates);
+  are written — notifications/s, timed from the first notification sent; the raw XREADGROUP
+  COUNT 100 + XACK loop drains the same number of identical entries in the same run, taking
+  turns with it (who goes first alternates);
 - steady: a paced publisher offers a fixed rate for a few seconds — end-to-end latency from the
   envelope's creation to the provider's acceptance, p50 / p99.
 
-The headline figures are the faster topology's (inline); both are in the report.
+The headline figures are the faster topology's (inline); both are in the report. So is the
+database's own pace in the same run (one-row INSERT + COMMIT latency, rows/s for 500-row INSERTs
+of JSON rows, as the ledger writes them): the pipeline is bound by PostgreSQL as much as by
+Python, and a slow day for the database shows there.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from tidings.bench.stats import rate
 from tidings.bench.transport import BATCH
 from tidings.connections import connect_redis, open_database, redacted, resolve_redis_url
 from tidings.database import quote_ident
+from tidings.direct import DirectPool, Statement, json_param
 from tidings.errors import TidingsError
 from tidings.message import Envelope, encode, new_id, now_ms
 from tidings.migrate import upgrade
@@ -157,15 +162,19 @@ class PipelineBench:
 
     async def tidings_drain(self, topology: str, n: int) -> float:
         """Prefill ``n`` notifications, then run the pipeline until all are sent and in the
-        ledger."""
+        ledger; timed from the first leg sent, since the consumers start working while the
+        rest of the app is still starting (timed from the end of the start, the 2026-11-28
+        figures counted a fifth of the drain that had happened before the clock ran)."""
         pipeline = self.pipelines[topology]
         await self.publish(self.fresh(n))
         tally = pipeline.tally = Tally()
         async with self._running(pipeline):
-            start = time.perf_counter()
             await self._until_sent(tally, n, 60 + n / 500)
             await pipeline.services.ledger.flush()
-            return rate(n, time.perf_counter() - start)
+            end = time.perf_counter()
+        if tally.first_sent is None:
+            raise TidingsError("the drain sent nothing")
+        return rate(n, end - tally.first_sent)
 
     async def steady(
         self, topology: str, per_s: int, seconds: float
@@ -209,6 +218,38 @@ class PipelineBench:
             await asyncio.sleep(0.002)
 
 
+_BASELINE_TABLE = Statement.parse(
+    "CREATE TABLE IF NOT EXISTS bench_baseline (id bigint, body text)")
+_INSERT_ONE = Statement.parse("INSERT INTO bench_baseline VALUES (:id, :body)")
+_INSERT_ROWS = Statement.parse("""
+INSERT INTO bench_baseline SELECT CAST(r->>0 AS bigint), r->>1
+FROM json_array_elements(CAST(:rows AS json)) AS r
+""")
+BASELINE_COMMITS, BASELINE_BATCHES, BASELINE_ROWS = 300, 20, 500
+
+
+async def postgres_baseline(engine: AsyncEngine) -> tuple[float, float]:
+    """PostgreSQL's pace on its own, in the bench's schema: the median one-row INSERT + COMMIT
+    round trip in ms, and rows/s for INSERTs of 500 JSON rows a statement."""
+    direct = DirectPool.of(engine, size=1)
+    body = "x" * 200
+    try:
+        await direct.execute(_BASELINE_TABLE, {})
+        commits = []
+        for i in range(BASELINE_COMMITS):
+            started = time.perf_counter()
+            await direct.execute(_INSERT_ONE, {"id": i, "body": body})
+            commits.append((time.perf_counter() - started) * 1000)
+        rows = json_param([[i, body] for i in range(BASELINE_ROWS)])
+        started = time.perf_counter()
+        for _ in range(BASELINE_BATCHES):
+            await direct.execute(_INSERT_ROWS, {"rows": rows})
+        elapsed = time.perf_counter() - started
+    finally:
+        await direct.aclose()
+    return median(commits), rate(BASELINE_BATCHES * BASELINE_ROWS, elapsed)
+
+
 def _steps(counts: Counts) -> int:
     """Progress steps: a drain and a steady run per topology and repeat."""
     return 2 * len(TOPOLOGIES) * counts.repeats
@@ -242,6 +283,7 @@ async def run_pipeline_bench(
         name: {measure: [] for measure in MEASURES} for name in TOPOLOGIES}
     try:
         await _seed(engine, config.database_schema)
+        commit_ms, postgres_rows_per_s = await postgres_baseline(engine)
         bench = PipelineBench(config, url, raw)
         await bench.publisher.start(config)
         try:
@@ -307,6 +349,8 @@ async def run_pipeline_bench(
         "ledger": True,
         "provider": "noop",
         "redis_url": redacted(url),
+        "postgres_commit_ms": round(commit_ms, 3),
+        "postgres_rows_per_s": postgres_rows_per_s,
         "redis_version": str(server["redis_version"]),
         "redis_py_version": package_version("redis"),
         "python_version": platform.python_version(),
@@ -343,7 +387,9 @@ def render(report: dict[str, Any], console: Console) -> None:
         f"result: the {report['topology']} topology · ratio {report['topology']} / raw"
         f" {report['ratio']:.3f} · Redis {report['redis_version']} · Python"
         f" {report['python_version']} · {report['cpus']} CPUs · {report['repeats']} runs ·"
-        f" {report['seconds']}s"
+        f" {report['seconds']}s · PostgreSQL alone: INSERT + COMMIT"
+        f" {report['postgres_commit_ms']:.2f} ms, {report['postgres_rows_per_s']:,.0f} rows/s"
+        " in 500-row INSERTs"
     )
     console.print(table)
 

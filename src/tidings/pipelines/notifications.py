@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -112,9 +113,13 @@ class Tally:
 
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
     latencies_ms: dict[str, deque[float]] = field(default_factory=dict)
+    # When the first leg was sent (time.perf_counter()): a drain is timed from there.
+    first_sent: float | None = None
 
     def count(self, channel: str, outcome: str, n: int = 1) -> None:
         self.outcomes[(channel, outcome)] = self.outcomes.get((channel, outcome), 0) + n
+        if self.first_sent is None and outcome == "sent":
+            self.first_sent = time.perf_counter()
 
     def latency(self, channel: str, ms: float) -> None:
         kept = self.latencies_ms.get(channel)
