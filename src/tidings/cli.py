@@ -309,13 +309,16 @@ def pipeline(
     seconds: Annotated[float, typer.Option(min=0.1, help="How long the steady load runs.")] = (
         4.0
     ),
+    warmup: Annotated[float, typer.Option(
+        min=0.0, help="Seconds of the steady load offered first and not measured.")] = 1.0,
     repeats: Annotated[int, typer.Option(min=1, help="Runs of each measure (medians).")] = 3,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """The notification pipeline (ledger on, no-op provider) next to a raw consume loop."""
     from tidings.bench.pipeline import Counts, pipeline_command
 
-    counts = Counts(drain=drain, rate=rate, steady_s=seconds, repeats=repeats)
+    counts = Counts(drain=drain, rate=rate, steady_s=seconds, repeats=repeats,
+                    warmup_s=warmup)
     # The pipeline runs as in a worker process, collector tuning included.
     run_process(lambda config: pipeline_command(config, counts, json_output, out, err))
 

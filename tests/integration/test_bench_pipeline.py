@@ -3,6 +3,8 @@ test: the report's shape, not its figures."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from typing import Any
 
 import orjson
@@ -10,8 +12,9 @@ import pytest
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
-from tidings.bench.pipeline import Counts, run_pipeline_bench
+from tidings.bench.pipeline import Counts, next_figure, run_pipeline_bench
 from tidings.cli import cli
+from tidings.errors import TidingsError
 from tidings.settings import Settings
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
@@ -25,7 +28,7 @@ def settings(redis_url: str, database_url: str, namespace: str, schema_name: str
 
 async def test_report_has_rates_latencies_and_their_runs(settings: Settings) -> None:
     report = await run_pipeline_bench(settings, Counts(drain=200, rate=500, steady_s=0.4,
-                                                       repeats=2))
+                                                       repeats=2, warmup_s=0.2))
 
     assert report["bench"] == "pipeline"
     assert report["notifications_per_s"] > 0
@@ -45,14 +48,15 @@ async def test_report_has_rates_latencies_and_their_runs(settings: Settings) -> 
         assert 0 < figures["latency_p50_ms"] <= figures["latency_p99_ms"]
     assert report["topology"] == "inline"
     assert report["notifications_per_s"] == report["topologies"]["inline"]["notifications_per_s"]
-    assert report["counts"] == {"drain": 200, "steady": 200}
+    assert report["counts"] == {"drain": 200, "steady": 200, "warmup": 100}
     assert report["postgres_commit_ms"] > 0
     assert report["postgres_rows_per_s"] > 0
     assert orjson.loads(orjson.dumps(report)) == report
 
 
 async def test_benchmark_leaves_no_key_behind(settings: Settings) -> None:
-    await run_pipeline_bench(settings, Counts(drain=50, rate=200, steady_s=0.2, repeats=1))
+    await run_pipeline_bench(settings, Counts(drain=50, rate=200, steady_s=0.2, repeats=1,
+                                              warmup_s=0.1))
 
     client = Redis.from_url(str(settings.redis_url))
     try:
@@ -68,9 +72,18 @@ def test_json_option_prints_one_json_object(settings: Settings) -> None:
            "TIDINGS_DATABASE_SCHEMA": settings.database_schema}
     result = CliRunner().invoke(
         cli, ["bench", "pipeline", "--json", "--drain", "50", "--rate", "200", "--seconds",
-              "0.2", "--repeats", "1"], env=env)
+              "0.2", "--warmup", "0.1", "--repeats", "1"], env=env)
 
     assert result.exit_code == 0, result.output
     report: dict[str, Any] = orjson.loads(result.stdout)
     for field in ("notifications_per_s", "raw_per_s", "latency_p50_ms", "latency_p99_ms"):
         assert isinstance(report[field], int | float)
+
+
+async def test_a_load_process_that_ends_without_reporting_is_an_error() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "raise SystemExit(3)", stdout=asyncio.subprocess.PIPE)
+    assert process.stdout is not None
+
+    with pytest.raises(TidingsError, match=r"exit code 3\) before reporting"):
+        await next_figure(process, process.stdout)

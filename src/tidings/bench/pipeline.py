@@ -12,8 +12,10 @@ Two measures for each, each run several times (medians reported):
   are written — notifications/s, timed from the first notification sent; the raw XREADGROUP
   COUNT 100 + XACK loop drains the same number of identical entries in the same run, taking
   turns with it (who goes first alternates);
-- steady: a paced publisher offers a fixed rate for a few seconds — end-to-end latency from the
-  envelope's creation to the provider's acceptance, p50 / p99.
+- steady: a paced publisher in a process of its own (see :mod:`tidings.bench.load`) offers a
+  fixed rate, first for a warm-up that is not measured (the pipeline's first batches open its
+  database connections and load its templates), then for a few seconds — end-to-end latency
+  from the envelope's creation to the provider's acceptance, p50 / p99.
 
 The headline figures are the faster topology's (inline); both are in the report. So is the
 database's own pace in the same run (one-row INSERT + COMMIT latency, rows/s for 500-row INSERTs
@@ -28,6 +30,7 @@ import contextlib
 import functools
 import os
 import platform
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,6 +45,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.app import App
+from tidings.bench.load import SAMPLES, TEMPLATE, Job, Offer, fresh, sample
 from tidings.bench.running import Step, drop_keys, emit, package_version, run_with_progress
 from tidings.bench.stats import rate
 from tidings.bench.transport import BATCH
@@ -61,38 +65,22 @@ from tidings.testing import running
 
 TARGET_PER_S = 10_000
 TARGET_P99_MS = 15.0
-TEMPLATE = "bench.notice"
 GROUP = "bench.raw"
 PREFILL_BATCH = 500
-TICK_S = 0.005  # the paced publisher's step
 TOPOLOGIES: dict[str, frozenset[Channel]] = {"hop": frozenset(), "inline": frozenset(CHANNELS)}
 HEADLINE = "inline"
 MEASURES = ("notifications_per_s", "achieved_per_s", "latency_p50_ms", "latency_p99_ms")
 
 @dataclass(frozen=True)
 class Counts:
-    """Notifications drained per run, the steady rate and how long it is held, runs."""
+    """Notifications drained per run, the steady rate, how long it is held after how long a
+    warm-up, runs."""
 
     drain: int = 20_000
     rate: int = 5_000
     steady_s: float = 4.0
     repeats: int = 3
-
-
-def sample(n: int) -> list[Notification]:
-    """``n`` template notifications, one leg each, over email / SMS / push."""
-    channels: tuple[Channel, ...] = ("email", "sms", "push")
-    out = []
-    for i in range(n):
-        user = f"user-{i % 5000}"
-        out.append(Notification.model_validate({
-            "type": "order.shipped", "channels": [channels[i % 3]], "template": TEMPLATE,
-            "data": {"order_id": i, "carrier": "DHL"},
-            "recipient": {"user_id": user, "email": f"{user}@example.com",
-                          "phone": f"+1415555{i % 10_000:04d}", "device_tokens": [f"tok-{i}"],
-                          "locale": "en-GB", "timezone": "Europe/London"},
-        }))
-    return out
+    warmup_s: float = 1.0
 
 
 async def _noop_providers(app: App) -> dict[Channel, Provider]:
@@ -117,16 +105,10 @@ class PipelineBench:
         }
         self.publisher = App("bench-publisher")
         self.intake = self.publisher.topic(INTAKE, model=Notification)
-        self.values = sample(PREFILL_BATCH)
+        self.values = sample(SAMPLES)
         envelope = Envelope(id=new_id(), created_ms=now_ms(), enqueued_ms=now_ms())
         self.fields = encode(envelope, self.values[0].model_dump_json().encode())
         self.raw_stream = f"{config.namespace}:raw"
-
-    def fresh(self, n: int) -> list[Notification]:
-        """``n`` notifications, each with an idempotency key of its own."""
-        values = self.values
-        return [values[i % len(values)].model_copy(update={"idempotency_key": new_id()})
-                for i in range(n)]
 
     async def publish(self, batch: list[Notification]) -> None:
         for low in range(0, len(batch), PREFILL_BATCH):
@@ -166,7 +148,7 @@ class PipelineBench:
         rest of the app is still starting (timed from the end of the start, the 2026-11-28
         figures counted a fifth of the drain that had happened before the clock ran)."""
         pipeline = self.pipelines[topology]
-        await self.publish(self.fresh(n))
+        await self.publish(fresh(self.values, 0, n))
         tally = pipeline.tally = Tally()
         async with self._running(pipeline):
             await self._until_sent(tally, n, 60 + n / 500)
@@ -176,27 +158,30 @@ class PipelineBench:
             raise TidingsError("the drain sent nothing")
         return rate(n, end - tally.first_sent)
 
-    async def steady(
-        self, topology: str, per_s: int, seconds: float
-    ) -> tuple[float, float, float]:
-        """Offer ``per_s`` for ``seconds``; (achieved rate, p50 ms, p99 ms)."""
+    async def steady(self, topology: str, load: Offer) -> tuple[float, float, float]:
+        """Offer ``load`` from a process of its own; (achieved rate, p50 ms, p99 ms) of the
+        notifications published after its warm-up."""
         pipeline = self.pipelines[topology]
-        total = max(1, round(per_s * seconds))
-        batch = self.fresh(total)
         tally = pipeline.tally = Tally()
+        job = Job(settings=self.config.model_dump(mode="json"), per_s=load.per_s,
+                  warmup_s=load.warmup_s, seconds=load.seconds)
         async with self._running(pipeline):
-            start = time.perf_counter()
-            sent = 0
-            while sent < total:
-                due = min(total, round(per_s * (time.perf_counter() - start)))
-                if due > sent:
-                    await self.publish(batch[sent:due])
-                    sent = due
-                await asyncio.sleep(TICK_S)
-            achieved = rate(total, time.perf_counter() - start)
+            publisher = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tidings.bench.load", job.model_dump_json(),
+                stdout=asyncio.subprocess.PIPE)
+            try:
+                assert publisher.stdout is not None  # stdout=PIPE
+                measured_from_ms = await next_figure(publisher, publisher.stdout)
+                achieved = await next_figure(publisher, publisher.stdout)
+                await publisher.wait()
+            finally:
+                if publisher.returncode is None:
+                    publisher.kill()
+                    await publisher.wait()
+            total = load.warmup + load.measured
             await self._until_sent(tally, total, 60 + total / 500)
             await pipeline.services.ledger.flush()
-        latencies = [ms for values in tally.latencies_ms.values() for ms in values]
+        latencies: list[float] = list(tally.latencies_ms(measured_from_ms))
         return achieved, _percentile(latencies, 0.5), _percentile(latencies, 0.99)
 
     @contextlib.asynccontextmanager
@@ -250,6 +235,15 @@ async def postgres_baseline(engine: AsyncEngine) -> tuple[float, float]:
     return median(commits), rate(BASELINE_BATCHES * BASELINE_ROWS, elapsed)
 
 
+async def next_figure(publisher: asyncio.subprocess.Process, lines: asyncio.StreamReader) -> float:
+    """The load process's next figure; an error if it ended without one."""
+    line = await lines.readline()
+    if not line:
+        raise TidingsError(f"the load process ended (exit code {await publisher.wait()}) "
+                           "before reporting; its error is above")
+    return float(line)
+
+
 def _steps(counts: Counts) -> int:
     """Progress steps: a drain and a steady run per topology and repeat."""
     return 2 * len(TOPOLOGIES) * counts.repeats
@@ -276,6 +270,7 @@ async def run_pipeline_bench(
         "database_schema": f"{settings.database_schema}_bench_{suffix}", "block_ms": 100,
     })
     started = time.perf_counter()
+    load = Offer(counts.rate, counts.warmup_s, counts.steady_s)
     raw = Redis.from_url(url)
     engine = await open_database(config)
     runs: dict[str, list[float]] = {"raw_per_s": []}
@@ -303,7 +298,7 @@ async def run_pipeline_bench(
                             topology["notifications_per_s"].append(figure)
                     step(f"{name}: steady {counts.rate:,}/s, run {repeat + 1}/{counts.repeats}",
                          progress + 1)
-                    achieved, p50, p99 = await bench.steady(name, counts.rate, counts.steady_s)
+                    achieved, p50, p99 = await bench.steady(name, load)
                     topology["achieved_per_s"].append(achieved)
                     topology["latency_p50_ms"].append(p50)
                     topology["latency_p99_ms"].append(p99)
@@ -344,7 +339,7 @@ async def run_pipeline_bench(
         },
         "topologies": topologies,
         "runs": runs,
-        "counts": {"drain": counts.drain, "steady": round(counts.rate * counts.steady_s)},
+        "counts": {"drain": counts.drain, "steady": load.measured, "warmup": load.warmup},
         "repeats": counts.repeats,
         "ledger": True,
         "provider": "noop",

@@ -112,7 +112,8 @@ class Tally:
     """In-process counts and latencies, for the demo and the benchmark."""
 
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
-    latencies_ms: dict[str, deque[float]] = field(default_factory=dict)
+    # Per channel: (accepted, latency) in ms, of the last KEPT_LATENCIES legs sent.
+    latencies: dict[str, deque[tuple[int, int]]] = field(default_factory=dict)
     # When the first leg was sent (time.perf_counter()): a drain is timed from there.
     first_sent: float | None = None
 
@@ -121,11 +122,16 @@ class Tally:
         if self.first_sent is None and outcome == "sent":
             self.first_sent = time.perf_counter()
 
-    def latency(self, channel: str, ms: float) -> None:
-        kept = self.latencies_ms.get(channel)
+    def latency(self, channel: str, accepted_ms: int, done_ms: int) -> None:
+        kept = self.latencies.get(channel)
         if kept is None:
-            kept = self.latencies_ms[channel] = deque(maxlen=KEPT_LATENCIES)
-        kept.append(ms)
+            kept = self.latencies[channel] = deque(maxlen=KEPT_LATENCIES)
+        kept.append((accepted_ms, done_ms - accepted_ms))
+
+    def latencies_ms(self, since_ms: float = 0.0) -> list[int]:
+        """Every channel's kept latencies of notifications accepted from ``since_ms`` on."""
+        return [ms for kept in self.latencies.values() for accepted, ms in kept
+                if accepted >= since_ms]
 
 
 async def providers_from_env(app: App) -> dict[Channel, Provider]:

@@ -263,9 +263,9 @@ class Sender:
         dispatch = run.dispatch
         self.metrics.delivery(result.channel, result.provider, dispatch.notification.tenant, state)
         if result.ok:
-            latency_ms = done_ms - dispatch.accepted_ms
-            tally.latency(result.channel, latency_ms)
-            self.metrics.accepted(result.channel, result.provider, latency_ms / 1000)
+            tally.latency(result.channel, dispatch.accepted_ms, done_ms)
+            self.metrics.accepted(result.channel, result.provider,
+                                  (done_ms - dispatch.accepted_ms) / 1000)
         else:
             run.failures.append(result)
 
