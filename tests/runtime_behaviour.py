@@ -169,6 +169,33 @@ class RuntimeBehaviour:
             assert sorted(m.id for m in recorder.handled) == sorted(ids)
             assert await pending(app) == 0
 
+    async def test_an_idle_reader_only_blocks_and_wakes_for_a_new_message(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        # A read that does not block first costs a round trip per lane; idle, it finds
+        # nothing a blocking read would not find at once.
+        reads: list[int | None] = []
+        transport = connect()
+        read = transport.read
+
+        async def counted(group: str, consumer: str, counts: Any, acks: Any = (),
+                          block_ms: int | None = None) -> Any:
+            reads.append(block_ms)
+            return await read(group, consumer, counts, acks, block_ms=block_ms)
+
+        transport.read = counted  # type: ignore[method-assign]
+        recorder = Recorder()
+        app = build(recorder, partitions=1)
+        async with running(app, settings, transport=transport):
+            await until(lambda: any(block is not None for block in reads))
+            await asyncio.sleep(0.5)  # about ten blocking reads of block_ms 50
+            first_block = next(i for i, block in enumerate(reads) if block is not None)
+            idle = reads[first_block:]
+            assert len(idle) >= 5
+            assert None not in idle
+            await app.get_topic(TOPIC).send(Job(n=1))
+            await until(lambda: len(recorder.handled) == 1, within=2)
+
     async def test_each_key_keeps_its_order_under_concurrent_handlers(
         self, settings: Settings, connect: Connect
     ) -> None:

@@ -110,6 +110,7 @@ class PartitionConsumer:
         # Set by the partition's owner whenever the lease is renewed (monotonic seconds).
         self.lease_until = math.inf
         self._round = 0
+        self._idle = False  # the last read blocked and found nothing
 
     def stop(self) -> None:
         """Stop reading; the batch in hand is finished and acked."""
@@ -193,6 +194,30 @@ class PartitionConsumer:
         return left
 
     async def _read(self) -> list[Entry]:
+        # After a blocking read that found nothing, block again at once (nothing to ack or
+        # settle): a read that does not block first would cost a round trip per lane for
+        # nothing, on every idle stage, every TIDINGS_BLOCK_MS.
+        if not self._idle or self._acks or self._settling is not None:
+            entries = await self._read_lanes()
+            if entries or self.stopping:
+                return entries
+            if self._settling is not None:  # settle it; its acks go with the read below
+                await self._settled()
+                if self.stopping:
+                    return entries
+        # Wake in time to move the next due retry.
+        block_ms = min(self.settings.block_ms,
+                       int((self._next_promote - time.monotonic()) * 1000))
+        if block_ms < 1:
+            return []
+        # One COUNT covers all lanes in a blocking read; a share each keeps the batch bound.
+        share = self.settings.batch_size // len(self.lanes) + 1
+        entries = await self._fetch([(lane, share) for lane in self.lanes], block_ms=block_ms)
+        self._idle = not entries
+        return entries
+
+    async def _read_lanes(self) -> list[Entry]:
+        """Read without blocking, each lane its weighted share."""
         counts = lane_counts(self.settings.batch_size, self._weights, self._busy)
         self._round += 1
         probe_idle = self._round % IDLE_PROBE_EVERY == 0 or not any(self._busy)
@@ -203,36 +228,26 @@ class PartitionConsumer:
             for lane, count, busy in zip(self.lanes, counts, self._busy, strict=True)
             if busy or probe_idle
         ]
-        acks, self._acks = list(self._acks.items()), {}
-        try:
-            entries = await self.transport.read(self.agent.group, self.consumer, requests, acks)
-        except BaseException:  # keep the acks for the next attempt; losing them means rework
-            for stream, ids in acks:
-                self._acks.setdefault(stream, [])[:0] = ids
-            raise
+        entries = await self._fetch(requests)
         streams = {e.stream for e in entries}
         asked = {lane for lane, _ in requests}
         self._busy = [
             lane in streams if lane in asked else busy
             for lane, busy in zip(self.lanes, self._busy, strict=True)
         ]
-        if entries or self.stopping:
-            return entries
-        if self._settling is not None:  # settle it and read again, with its acks, first
-            await self._settled()
-            return entries
-        # Wake in time to move the next due retry.
-        block_ms = min(self.settings.block_ms,
-                       int((self._next_promote - time.monotonic()) * 1000))
-        if block_ms < 1:
-            return entries
-        return await self.transport.read(
-            self.agent.group,
-            self.consumer,
-            # One COUNT covers all lanes in a blocking read; a share each keeps the batch bound.
-            [(lane, self.settings.batch_size // len(self.lanes) + 1) for lane in self.lanes],
-            block_ms=block_ms,
-        )
+        return entries
+
+    async def _fetch(self, requests: list[tuple[str, int]],
+                     block_ms: int | None = None) -> list[Entry]:
+        """Read, sending the acks collected so far with the read (one round trip)."""
+        acks, self._acks = list(self._acks.items()), {}
+        try:
+            return await self.transport.read(self.agent.group, self.consumer, requests, acks,
+                                             block_ms=block_ms)
+        except BaseException:  # keep the acks for the next attempt; losing them means rework
+            for stream, ids in acks:
+                self._acks.setdefault(stream, [])[:0] = ids
+            raise
 
     async def _flush_acks(self) -> None:
         for stream in list(self._acks):

@@ -6,6 +6,7 @@ deleted pending entry with a nil body; both shapes are handled here (DESIGN.md D
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -121,6 +122,11 @@ class RedisTransport:
         # Blocking reads get a pool of their own, so idle readers never starve acks, sends
         # and lease renewals of connections.
         self.blocking = blocking or client
+        # Turns at the blocking pool, first come first served: redis-py's pool hands a freed
+        # connection to whoever asks next, so a reader that blocks again at once would keep
+        # it, and with more readers than connections the others would starve.
+        pool_size = getattr(self.blocking.connection_pool, "max_connections", None)
+        self._blocking_turns = asyncio.Semaphore(pool_size or 2**31)
         # Parse XAUTOCLAIM ourselves: redis-py's parser cannot read Redis 6.2's nil bodies.
         client.set_response_callback("XAUTOCLAIM", _raw)
         # XREADGROUP too: its replies become Entries directly, not dicts in lists first.
@@ -169,21 +175,27 @@ class RedisTransport:
         acks: Sequence[tuple[str, Sequence[bytes]]] = (),
         block_ms: int | None = None,
     ) -> list[Entry]:
-        pipe = self.client.pipeline(transaction=False)
+        # A blocking read goes on the blocking client, its acks with it (Redis applies them
+        # before it blocks): one round trip either way.
+        pipe = (self.client if block_ms is None else self.blocking).pipeline(transaction=False)
         for stream, ids in acks:
             if ids:
                 pipe.xack(stream, group, *ids)
         n_acks = len(pipe.command_stack)
         if block_ms is not None:
-            if n_acks:
-                await pipe.execute()
             streams = [stream for stream, _ in counts]
             count = max(c for _, c in counts)
-            reply = await self.blocking.execute_command(  # type: ignore[no-untyped-call]
-                "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "BLOCK", block_ms,
-                "STREAMS", *streams, *[">"] * len(streams),
-            )
-            return _entries([reply])
+            async with self._blocking_turns:
+                if not n_acks:
+                    reply = await self.blocking.execute_command(  # type: ignore[no-untyped-call]
+                        "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "BLOCK",
+                        block_ms, "STREAMS", *streams, *[">"] * len(streams),
+                    )
+                    return _entries([reply])
+                pipe.execute_command("XREADGROUP", "GROUP", group, consumer, "COUNT", count,
+                                     "BLOCK", block_ms, "STREAMS", *streams,
+                                     *[">"] * len(streams))
+                return _entries((await pipe.execute())[n_acks:])
         for stream, count in counts:
             pipe.execute_command(
                 "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "STREAMS", stream, ">")

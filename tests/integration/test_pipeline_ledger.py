@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.direct import DirectPool
 from tidings.notification import Notification
+from tidings.pipelines.intents import BUSY, CLAIMED, Claim, Intents
 from tidings.pipelines.ledger import LedgerError, LedgerWriter, MessageRecord
 from tidings.tables import deliveries, messages
 
@@ -547,3 +548,32 @@ async def test_each_flush_deletes_the_ids_of_those_known_to_have_landed(
 
     assert await _count(engine, "messages") == 3
     assert await _count(engine, "ledger_flushes") == 1, "only the last flush's id is left"
+
+
+async def test_idempotency_claims_made_together_keep_the_first_use_of_a_key(
+    writer: LedgerWriter
+) -> None:
+    # Made at once, the three claims go out as one statement, in the order they came.
+    found = await asyncio.gather(
+        writer.claim_idempotency_keys([_message("m1", key="k")]),
+        writer.claim_idempotency_keys([_message("m2", key="k"), _message("m3", key="j")]),
+        writer.claim_idempotency_keys([_message("m4", key="j")]),
+    )
+
+    assert found == [set(), {"m2"}, {"m4"}]
+
+
+async def test_a_leg_two_claims_made_together_ask_for_is_claimed_for_one_only(
+    writer: LedgerWriter, direct: DirectPool
+) -> None:
+    await writer.claim_idempotency_keys([_message("m1"), _message("m2")])
+    intents = Intents(direct)
+    leg, other = ("m1", "email", "a@example.com"), ("m2", "sms", "+14155550100")
+
+    first, second, third = await asyncio.gather(
+        intents.claim([leg]), intents.claim([other, leg]), intents.claim([leg]))
+
+    assert first == {leg: Claim(CLAIMED, None)}
+    assert second == {other: Claim(CLAIMED, None), leg: Claim(BUSY, None)}
+    assert third == {leg: Claim(BUSY, None)}
+    assert await intents.claim([leg]) == {leg: Claim(BUSY, None)}, "it is 'sending' now"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import time
 
 import pytest
@@ -64,6 +65,24 @@ async def test_tenants_are_kept_apart(engine: AsyncEngine, direct: DirectPool) -
         ("acme", "ada"): acme,
         ("default", "ada"): ADA,
     }
+
+
+async def test_lookups_made_together_each_get_their_own_recipients(
+    engine: AsyncEngine, direct: DirectPool
+) -> None:
+    bob = Preferences(user_id="bob", opted_out=frozenset({"sms"}))
+    for prefs in (ADA, bob):
+        await PreferenceStore(engine).put(prefs)
+    lookup = PreferenceLookup(direct)
+
+    # Three lookups at once go out as one statement; each answer holds only what it asked.
+    found = await asyncio.gather(lookup.get_pairs([("default", "ada")]),
+                                 lookup.get_pairs([("default", "bob"), ("default", "ada")]),
+                                 lookup.get_pairs([("default", "nobody")]))
+
+    assert found == [{("default", "ada"): ADA},
+                     {("default", "bob"): bob, ("default", "ada"): ADA},
+                     {}]
 
 
 async def test_get_many_of_nobody_asks_nothing(engine: AsyncEngine, direct: DirectPool) -> None:

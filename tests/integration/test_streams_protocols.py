@@ -38,3 +38,23 @@ async def test_reads_return_entries_with_their_fields_in_either_protocol(
     finally:
         await client.aclose()
         await blocking.aclose()
+
+
+async def test_acks_sent_with_a_blocking_read_are_applied(
+    redis_url: str, namespace: str, redis: Redis
+) -> None:
+    client, blocking = Redis.from_url(redis_url), Redis.from_url(redis_url)
+    transport = RedisTransport(client, blocking)
+    stream = f"{namespace}:acked"
+    try:
+        await transport.create_group(stream, "g")
+        first = await transport.add([(stream, {b"e": b"1"}), (stream, {b"e": b"2"})])
+        assert len(await transport.read("g", "c", [(stream, 10)])) == 2
+
+        # Nothing new: the read blocks its time out, the acks already applied.
+        assert await transport.read("g", "c", [(stream, 10)], [(stream, first)],
+                                    block_ms=50) == []
+        assert (await redis.xpending(stream, "g"))["pending"] == 0
+    finally:
+        await client.aclose()
+        await blocking.aclose()

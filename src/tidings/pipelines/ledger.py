@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from tidings.coalesce import Coalesced
 from tidings.direct import DirectPool, transient
 from tidings.errors import TidingsError
 from tidings.message import new_id
@@ -157,6 +158,7 @@ class LedgerWriter:
         self._tasks: set[asyncio.Task[None]] = set()  # strong references while they run
         self._failure: LedgerError | None = None
         self._closed = False
+        self._claims = Coalesced(self._claim_together)
 
     @property
     def pending(self) -> int:
@@ -214,8 +216,18 @@ class LedgerWriter:
         A message is a duplicate when another message id already holds its (tenant,
         idempotency key) — from an earlier batch or earlier in this one. Its redelivery (same
         id) is not a duplicate: the delivery rows decide whether its legs were sent.
+
+        Batches claimed while another claim is in flight go out together once it is
+        answered, in the order they came (see tidings.coalesce).
         """
         self._check()
+        return await self._claims(batch) if batch else set()
+
+    async def _claim_together(self, calls: list[Sequence[MessageRecord]]) -> list[set[str]]:
+        duplicates = await self._claim_keys([record for batch in calls for record in batch])
+        return [{record.id for record in batch} & duplicates for batch in calls]
+
+    async def _claim_keys(self, batch: list[MessageRecord]) -> set[str]:
         first: dict[Claim, str] = {}
         unique: dict[str, MessageRecord] = {}
         duplicates: set[str] = set()

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tidings.coalesce import Coalesced
 from tidings.direct import DirectPool, Statement, json_param
 from tidings.errors import ConfigurationError
 from tidings.notification import Channel, Notification, NotificationPriority, check_timezone
@@ -218,12 +219,19 @@ class PreferenceLookup:
 
     def __init__(self, direct: DirectPool) -> None:
         self._direct = direct
+        self._lookups = Coalesced(self._get_together)
 
     async def get_pairs(
         self, keys: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], Preferences]:
-        """Preferences for (tenant, user_id) pairs across tenants, in one query."""
-        if not keys:
-            return {}
+        """Preferences for (tenant, user_id) pairs across tenants, in one query (shared with
+        the lookups made while another is in flight: see tidings.coalesce)."""
+        return await self._lookups(keys) if keys else {}
+
+    async def _get_together(
+        self, calls: list[Sequence[tuple[str, str]]]
+    ) -> list[dict[tuple[str, str], Preferences]]:
+        keys = list(dict.fromkeys(key for keys in calls for key in keys))
         rows = await self._direct.fetch(_PAIRS, {"keys": json_param(keys)})
-        return {(row["tenant"], row["user_id"]): _preferences(row) for row in rows}
+        found = {(row["tenant"], row["user_id"]): _preferences(row) for row in rows}
+        return [{key: found[key] for key in keys if key in found} for keys in calls]
