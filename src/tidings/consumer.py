@@ -1,5 +1,5 @@
-"""Consuming one partition: weighted lane reads, ordered per-key handling, ack, retry, reclaim,
-trim.
+"""Consuming one partition: its lanes read (tidings.lanes), ordered per-key handling, ack,
+retry, reclaim, trim.
 
 A batch handler may defer its batch's last work (``Batch.defer``, e.g. its ledger write): the
 next batch is read and handled while it runs, and the deferred batch is published and acked
@@ -8,38 +8,28 @@ when it is done, before the next one is. One batch at most is deferred at a time
 A failed message is retried by its policy: parked in the group's delay set (a sorted set under
 the partition's hash tag) and moved to the group's retry stream when due, atomically, by this
 consumer; that stream is read as a fourth lane. Past its attempts, or failing in a way retrying
-cannot fix, it goes to the dead-letter stream. Nothing blocks the partition while it waits.
+cannot fix, it goes to the dead-letter stream (tidings.redelivery: what each carries).
+Nothing blocks the partition while it waits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import math
 import time
 import zlib
-from collections.abc import Sequence
 from typing import Any
-
-import orjson
 
 from tidings import tracing
 from tidings.agent import Agent
 from tidings.batch import Batch, RetryRequest
 from tidings.errors import PayloadError, Reject, Retry
-from tidings.message import (
-    DELAY_HEADER,
-    ERRORS_HEADER,
-    PAYLOAD_FIELD,
-    SINCE_HEADER,
-    Message,
-    failing_for,
-    last_delay,
-    now_ms,
-)
+from tidings.lanes import LaneReader
+from tidings.message import Message
 from tidings.observability.logs import current_trace
+from tidings.redelivery import dead_letter_fields, retried_fields, retry_delay
 from tidings.retry import RetryPolicy
 from tidings.settings import Settings
 from tidings.tasks import being_cancelled
@@ -47,29 +37,8 @@ from tidings.transport import Entry, Transport, min_id, pack_delayed
 
 log = logging.getLogger("tidings.consumer")
 
-IDLE_PROBE_EVERY = 4
 # How often the delay set is checked when nothing in it is known to fall due sooner.
 PROMOTE_EVERY_S = 1.0
-# Error history carried in a retried message's headers: the most recent ones.
-KEPT_ERRORS = 10
-
-
-def lane_counts(
-    batch: int, weights: Sequence[int], busy: Sequence[bool]
-) -> list[int]:
-    """How many entries to ask of each lane this round.
-
-    Busy lanes (non-empty last round) share the batch by weight; an idle lane is still probed
-    with its plain weighted share, so a lane that fills up is noticed at once and a low lane
-    always gets its share: weights decide the mix, nothing starves.
-    """
-    total = sum(weights)
-    busy_total = sum(w for w, b in zip(weights, busy, strict=True) if b)
-    counts = []
-    for weight, is_busy in zip(weights, busy, strict=True):
-        share = weight / (busy_total if is_busy else total)
-        counts.append(max(1, round(batch * share)))
-    return counts
 
 
 class PartitionConsumer:
@@ -96,10 +65,10 @@ class PartitionConsumer:
         # Priority lanes, then this group's retries, read with the low lane's weight: never
         # starved, never crowding out fresh work.
         self.lanes = (*self.keys.lanes, self.retry_stream)
-        self._weights = [*settings.lane_weights, settings.lane_weights[2]]
+        self.reader = LaneReader(transport, agent.group, consumer, self.lanes,
+                                 [*settings.lane_weights, settings.lane_weights[2]],
+                                 settings.batch_size)
         self._stopping = asyncio.Event()
-        self._acks: dict[str, list[bytes]] = {}
-        self._busy = [False] * len(self.lanes)
         self._next_promote = 0.0
         self._next_claim = 0.0
         self._next_trim = 0.0
@@ -109,8 +78,6 @@ class PartitionConsumer:
         self._settling_entries: list[Entry] = []
         # Set by the partition's owner whenever the lease is renewed (monotonic seconds).
         self.lease_until = math.inf
-        self._round = 0
-        self._idle = False  # the last read blocked and found nothing
 
     def stop(self) -> None:
         """Stop reading; the batch in hand is finished and acked."""
@@ -153,7 +120,7 @@ class PartitionConsumer:
                 await self._end_settling()
             finally:  # even when cancelled while finishing it (the shutdown deadline)
                 unfinished = self._unfinished()
-                await self._flush_acks()
+                await self.reader.flush_acks()
                 if unfinished:
                     # Cancelled at the shutdown deadline: hand these to the next owner now.
                     await asyncio.shield(self.release(unfinished))
@@ -186,7 +153,7 @@ class PartitionConsumer:
                       type(exc).__name__, exc)
 
     def _unfinished(self) -> dict[str, list[bytes]]:
-        done = {(stream, i) for stream, ids in self._acks.items() for i in ids}
+        done = {(stream, i) for stream, ids in self.reader.acks.items() for i in ids}
         left: dict[str, list[bytes]] = {}
         for entry in [*self._settling_entries, *self._batch]:
             if (entry.stream, entry.id) not in done:
@@ -194,11 +161,12 @@ class PartitionConsumer:
         return left
 
     async def _read(self) -> list[Entry]:
+        reader = self.reader
         # After a blocking read that found nothing, block again at once (nothing to ack or
         # settle): a read that does not block first would cost a round trip per lane for
         # nothing, on every idle stage, every TIDINGS_BLOCK_MS.
-        if not self._idle or self._acks or self._settling is not None:
-            entries = await self._read_lanes()
+        if not reader.idle or reader.acks or self._settling is not None:
+            entries = await reader.read_now()
             if entries or self.stopping:
                 return entries
             if self._settling is not None:  # settle it; its acks go with the read below
@@ -210,53 +178,7 @@ class PartitionConsumer:
                        int((self._next_promote - time.monotonic()) * 1000))
         if block_ms < 1:
             return []
-        # One COUNT covers all lanes in a blocking read; a share each keeps the batch bound.
-        share = self.settings.batch_size // len(self.lanes) + 1
-        entries = await self._fetch([(lane, share) for lane in self.lanes], block_ms=block_ms)
-        self._idle = not entries
-        return entries
-
-    async def _read_lanes(self) -> list[Entry]:
-        """Read without blocking, each lane its weighted share."""
-        counts = lane_counts(self.settings.batch_size, self._weights, self._busy)
-        self._round += 1
-        probe_idle = self._round % IDLE_PROBE_EVERY == 0 or not any(self._busy)
-        # While some lane is busy, idle lanes are asked only every few rounds: an empty read
-        # costs as much as a full one, and a few rounds are a few milliseconds of delay.
-        requests = [
-            (lane, count)
-            for lane, count, busy in zip(self.lanes, counts, self._busy, strict=True)
-            if busy or probe_idle
-        ]
-        entries = await self._fetch(requests)
-        streams = {e.stream for e in entries}
-        asked = {lane for lane, _ in requests}
-        self._busy = [
-            lane in streams if lane in asked else busy
-            for lane, busy in zip(self.lanes, self._busy, strict=True)
-        ]
-        return entries
-
-    async def _fetch(self, requests: list[tuple[str, int]],
-                     block_ms: int | None = None) -> list[Entry]:
-        """Read, sending the acks collected so far with the read (one round trip)."""
-        acks, self._acks = list(self._acks.items()), {}
-        try:
-            return await self.transport.read(self.agent.group, self.consumer, requests, acks,
-                                             block_ms=block_ms)
-        except BaseException:  # keep the acks for the next attempt; losing them means rework
-            for stream, ids in acks:
-                self._acks.setdefault(stream, [])[:0] = ids
-            raise
-
-    async def _flush_acks(self) -> None:
-        for stream in list(self._acks):
-            ids = self._acks.pop(stream)
-            try:
-                await asyncio.shield(self.transport.ack(stream, self.agent.group, ids))
-            except BaseException:  # not acked: keep them for the next try
-                self._acks.setdefault(stream, [])[:0] = ids
-                raise
+        return await reader.wait(block_ms)
 
     # -- handling -------------------------------------------------------------------------
 
@@ -301,7 +223,7 @@ class PartitionConsumer:
         stats = self.agent.stats
         if entry.fields is None:
             stats.deleted += 1
-            self._acks.setdefault(entry.stream, []).append(entry.id)
+            self.reader.ack(entry)
             log.warning("entry %s of %s was deleted while pending; acked", entry.id, entry.stream)
             return None
         if entry.deliveries > self.settings.max_deliveries:
@@ -322,7 +244,7 @@ class PartitionConsumer:
     async def _run_in_order(self, items: list[tuple[Entry, Message[Any]]]) -> None:
         stats = self.agent.stats
         handler = self.agent.handler
-        acks = self._acks
+        acks = self.reader.acks
         timing = stats.handler_seconds
         clock = time.perf_counter
         traced = tracing.enabled()
@@ -428,7 +350,7 @@ class PartitionConsumer:
             outcome = batch.outcome(message)
             if outcome.verdict == "ack":
                 stats.processed += 1
-                self._acks.setdefault(entry.stream, []).append(entry.id)
+                self.reader.ack(entry)
             elif outcome.verdict == "reject":
                 kind = outcome.kind
                 setattr(stats, kind, getattr(stats, kind) + 1)
@@ -442,17 +364,8 @@ class PartitionConsumer:
         """Park the message in the delay set for its next attempt, or dead-letter it when the
         policy gives up."""
         policy = request.policy or self.policy
-        envelope = message.envelope
-        attempt = envelope.attempt
-        previous = last_delay(envelope.headers)
-        elapsed = failing_for(envelope.headers, now_ms())
-        if request.count:
-            delay = policy.next_delay(attempt, elapsed=elapsed, previous=previous,
-                                      requested=request.delay)
-        else:  # waiting is not the message's fault: no attempt used up, but the deadline holds
-            delay = request.delay if request.delay is not None else policy.backoff(1)
-            if policy.deadline is not None and elapsed + delay > policy.deadline:
-                delay = None
+        attempt = message.envelope.attempt
+        delay = retry_delay(policy, message.envelope, request)
         if delay is None:
             self.agent.stats.exhausted += 1
             await self._dead_letter(
@@ -461,19 +374,7 @@ class PartitionConsumer:
                 request.error_type, message,
             )
             return
-        errors = _history(envelope.headers.get(ERRORS_HEADER))
-        errors.append({"attempt": attempt, "at_ms": now_ms(), "type": request.error_type or "",
-                       "message": request.reason[:500]})
-        retried = dataclasses.replace(
-            envelope,
-            attempt=attempt + 1 if request.count else attempt,
-            enqueued_ms=now_ms(),
-            headers={SINCE_HEADER: str(now_ms()), **envelope.headers,
-                     DELAY_HEADER: f"{delay:.3f}",
-                     ERRORS_HEADER: orjson.dumps(errors[-KEPT_ERRORS:]).decode()},
-        )
-        fields = entry.fields or {}
-        member = pack_delayed({b"e": retried.to_json(), PAYLOAD_FIELD: fields[PAYLOAD_FIELD]})
+        member = pack_delayed(retried_fields(entry, message.envelope, request, delay))
         delay_ms = max(0, round(delay * 1000))
         # Ack and park in one step; far-off retries move on to PostgreSQL (tidings.parking).
         await self.transport.retry_later(
@@ -488,20 +389,8 @@ class PartitionConsumer:
         self, entry: Entry, kind: str, reason: str, error_type: str | None = None,
         message: Message[Any] | None = None,
     ) -> None:
-        fields: dict[bytes, bytes] = dict(entry.fields or {})
-        fields.update({
-            b"dead.kind": kind.encode(),
-            b"dead.reason": reason.encode(),
-            b"dead.stream": entry.stream.encode(),
-            b"dead.id": entry.id,
-            b"dead.group": self.agent.group.encode(),
-            b"dead.deliveries": str(entry.deliveries).encode(),
-            b"dead.at_ms": str(now_ms()).encode(),
-        })
-        if error_type:
-            fields[b"dead.error_type"] = error_type.encode()
-        if message is not None:
-            fields[b"dead.attempts"] = str(message.envelope.attempt).encode()
+        fields = dead_letter_fields(entry, self.agent.group, kind, reason, error_type,
+                                    None if message is None else message.envelope.attempt)
         await self.transport.dead_letter(
             entry.stream, self.agent.group, entry.id, self.keys.dead, fields
         )
@@ -516,7 +405,7 @@ class PartitionConsumer:
             # Ack first: a batch slower than claim_idle_ms would otherwise be reclaimed, and
             # run again, by this very consumer.
             await self._settled()
-            await self._flush_acks()
+            await self.reader.flush_acks()
             await self.reclaim()
         if now >= self._next_promote:
             await self.promote()
@@ -531,7 +420,7 @@ class PartitionConsumer:
         wait = PROMOTE_EVERY_S if wait_ms is None else min(wait_ms / 1000, PROMOTE_EVERY_S)
         self._next_promote = time.monotonic() + (0 if moved >= limit else wait)
         if moved:
-            self._busy[-1] = True
+            self.reader.mark_busy(len(self.lanes) - 1)
         return moved
 
     async def reclaim(self) -> int:
@@ -557,7 +446,7 @@ class PartitionConsumer:
                     self.agent.stats.reclaimed += len(claimed.entries)
                     total += len(claimed.entries)
                     await self.process(claimed.entries)
-                    await self._flush_acks()
+                    await self.reader.flush_acks()
                 start = claimed.next_start
                 if start in (b"0-0", b"0"):
                     break
@@ -586,13 +475,3 @@ class PartitionConsumer:
                 log.error("could not hand back %d entries of %s (%s); they are reclaimed after"
                           " TIDINGS_CLAIM_IDLE_MS", len(ids), stream, exc)
 
-
-def _history(raw: str | None) -> list[Any]:
-    """The error history a retried message carries; a header that does not parse is reset."""
-    if not raw:
-        return []
-    try:
-        errors = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return []
-    return errors if isinstance(errors, list) else []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidings.consumer import lane_counts
+from tidings.lanes import lane_counts
 
 batches = st.integers(min_value=1, max_value=10_000)
 weights = st.tuples(*[st.integers(min_value=1, max_value=100)] * 3)
