@@ -196,6 +196,43 @@ class RuntimeBehaviour:
             await app.get_topic(TOPIC).send(Job(n=1))
             await until(lambda: len(recorder.handled) == 1, within=2)
 
+    async def test_a_reader_whose_lease_lapsed_while_a_batch_settled_reads_no_more(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        handled: list[int] = []
+        settling = asyncio.Event()
+        app = App("suite")
+        jobs = app.topic(TOPIC, model=Job, partitions=1)
+
+        async def slow_write() -> None:  # the deferred ledger write of a slow database
+            settling.set()
+            await asyncio.sleep(0.3)
+
+        @app.agent(jobs, name=AGENT, batch=True)
+        async def record(batch: Batch[Job]) -> None:
+            handled.extend(m.value.n for m in batch)
+            batch.defer(slow_write)
+
+        transport = connect()
+
+        async def renewals_fail(*args: Any, **kwargs: Any) -> list[bool]:
+            raise ConnectionError("renewals do not land")
+
+        async def held_elsewhere(*args: Any, **kwargs: Any) -> bool:
+            return False
+
+        async with running(app, tuned(settings, claim_idle_ms=5000),
+                           transport=transport) as harness:
+            await jobs.send(Job(n=1))
+            await settling.wait()
+            transport.renew_leases = renewals_fail  # type: ignore[method-assign]
+            transport.acquire_lease = held_elsewhere  # type: ignore[method-assign]
+            await asyncio.sleep(0.05)  # the reader waits for the settle before it reads
+            reader(harness, 0).lease_until = 0.0  # lapsed: another process may own it now
+            await jobs.send(Job(n=2))
+            await asyncio.sleep(0.8)
+            assert handled == [1]
+
     async def test_each_key_keeps_its_order_under_concurrent_handlers(
         self, settings: Settings, connect: Connect
     ) -> None:

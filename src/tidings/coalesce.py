@@ -2,9 +2,11 @@
 arrive wait, then go out together as one.
 
 A worker runs one consumer per partition. Each sends the same per-batch statements (claim the
-idempotency keys, read the preferences, claim the intents), so with four partitions up to four
-copies of each competed for the database and for the event loop, each with its own small
-batch. Merged, there is at most one of each in flight: fewer, larger statements.
+idempotency keys, read the preferences), so with four partitions up to four copies of each
+competed for the database and for the event loop, each with its own small batch. Merged, there
+is at most one of each in flight: fewer, larger statements. (Not the intent claim: a caller
+cancelled while it is in flight would leave its legs claimed, 'sending', with nobody to send
+them.)
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ class Coalesced(Generic[K, R]):
     together — it gets each call's items, in the order they came, and returns each call's
     result in the same order.
 
-    No call waits for a timer: a call that finds nothing in flight goes out at once. A failure
-    of the merged call is raised to each of its callers. A caller cancelled while it waits is
+    No call waits for a timer: a call that finds nothing in flight goes out at once. When the
+    merged call fails, each of its callers' parts is tried again on its own (concurrently), so
+    that one caller's bad items fail only that caller. A caller cancelled while it waits is
     left out of the next call; one cancelled while its call is in flight stops waiting, and
-    the call goes on for the others.
+    the call goes on for the others: ``work`` must be harmless to complete for a caller that
+    is gone (a read, or a write its caller's retry finds done).
     """
 
     def __init__(self, work: Callable[[list[Sequence[K]]], Awaitable[list[R]]]) -> None:
@@ -55,17 +59,37 @@ class Coalesced(Generic[K, R]):
             self._waiting = []
 
     async def _call(self, calls: list[tuple[Sequence[K], asyncio.Future[R]]]) -> None:
+        outcomes: list[R | _Failed]
         try:
-            results = await self._work([items for items, _ in calls])
+            try:
+                outcomes = list(await self._work([items for items, _ in calls]))
+            except Exception as exc:
+                if len(calls) == 1:
+                    outcomes = [_Failed(exc)]
+                else:  # what failed may be one caller's items: each tries on its own
+                    outcomes = await asyncio.gather(*(self._alone(items) for items, _ in calls))
         except asyncio.CancelledError:
             for _, future in calls:
                 future.cancel()
             raise
-        except Exception as exc:  # each caller sees it, as if it had called alone
-            for _, future in calls:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), result in zip(calls, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+        for (_, future), outcome in zip(calls, outcomes, strict=True):
+            if future.done():
+                continue
+            if isinstance(outcome, _Failed):
+                future.set_exception(outcome.error)
+            else:
+                future.set_result(outcome)
+
+    async def _alone(self, items: Sequence[K]) -> R | _Failed:
+        try:
+            [result] = await self._work([items])
+        except Exception as exc:
+            return _Failed(exc)
+        return result
+
+
+class _Failed:
+    """A caller's part failed with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error

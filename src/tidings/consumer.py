@@ -171,8 +171,8 @@ class PartitionConsumer:
                 return entries
             if self._settling is not None:  # settle it; its acks go with the read below
                 await self._settled()
-                if self.stopping:
-                    return entries
+                if self.stopping or time.monotonic() > self.lease_until:
+                    return entries  # the loop stops, or sees the lease lapsed and stops
         # Wake in time to move the next due retry.
         block_ms = min(self.settings.block_ms,
                        int((self._next_promote - time.monotonic()) * 1000))

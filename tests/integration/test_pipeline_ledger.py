@@ -563,17 +563,34 @@ async def test_idempotency_claims_made_together_keep_the_first_use_of_a_key(
     assert found == [set(), {"m2"}, {"m4"}]
 
 
-async def test_a_leg_two_claims_made_together_ask_for_is_claimed_for_one_only(
+async def test_a_leg_claimed_by_three_at_once_is_claimed_for_one_only(
     writer: LedgerWriter, direct: DirectPool
 ) -> None:
     await writer.claim_idempotency_keys([_message("m1"), _message("m2")])
     intents = Intents(direct)
     leg, other = ("m1", "email", "a@example.com"), ("m2", "sms", "+14155550100")
 
-    first, second, third = await asyncio.gather(
+    found = await asyncio.gather(
         intents.claim([leg]), intents.claim([other, leg]), intents.claim([leg]))
 
-    assert first == {leg: Claim(CLAIMED, None)}
-    assert second == {other: Claim(CLAIMED, None), leg: Claim(BUSY, None)}
-    assert third == {leg: Claim(BUSY, None)}
+    assert sorted(claims[leg].state for claims in found) == [BUSY, BUSY, CLAIMED]
+    assert found[1][other] == Claim(CLAIMED, None)
     assert await intents.claim([leg]) == {leg: Claim(BUSY, None)}, "it is 'sending' now"
+
+
+async def test_a_batch_the_database_refuses_fails_only_its_own_claim(
+    writer: LedgerWriter
+) -> None:
+    # jsonb refuses a NUL character, which JSON (and the notification contract) allows.
+    refused = MessageRecord("bad", "notifications", {"text": "a\u0000b"}, tenant="t1",
+                            idempotency_key="bad", type="order.shipped")
+
+    found = await asyncio.gather(
+        writer.claim_idempotency_keys([_message("m1", key="k1")]),
+        writer.claim_idempotency_keys([refused]),
+        writer.claim_idempotency_keys([_message("m2", key="k1"), _message("m3", key="k3")]),
+        return_exceptions=True)
+
+    assert found[0] == set()
+    assert isinstance(found[1], LedgerError)
+    assert found[2] == {"m2"}

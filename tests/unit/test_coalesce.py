@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -11,19 +11,22 @@ from tidings.coalesce import Coalesced
 
 
 class Work:
-    """Records each merged call; holds it until released when ``gate`` is set."""
+    """Records each merged call; holds it until ``gate`` is set; refuses a call in which
+    ``refuse`` is true of some item."""
 
-    def __init__(self, *, fail: bool = False) -> None:
+    def __init__(self, *, refuse: Callable[[int], bool] = lambda n: False) -> None:
         self.calls: list[list[list[int]]] = []
         self.gate = asyncio.Event()
         self.gate.set()
-        self.fail = fail
+        self.refuse = refuse
 
     async def __call__(self, calls: list[Sequence[int]]) -> list[int]:
         self.calls.append([list(items) for items in calls])
         await self.gate.wait()
-        if self.fail:
-            raise ValueError("refused")
+        for items in calls:
+            for n in items:
+                if self.refuse(n):
+                    raise ValueError(f"refused {n}")
         return [sum(items) for items in calls]
 
 
@@ -50,20 +53,32 @@ async def test_calls_made_while_one_is_in_flight_go_out_together_each_with_its_r
     assert work.calls == [[[1]], [[2, 3], [4]]]
 
 
-async def test_a_failure_of_the_merged_call_reaches_each_caller() -> None:
-    work = Work(fail=True)
+async def test_when_the_merged_call_fails_each_part_is_tried_on_its_own() -> None:
+    work = Work(refuse=lambda n: n < 0)
     work.gate.clear()
     coalesced = Coalesced(work)
     first = asyncio.create_task(coalesced([1]))
     await asyncio.sleep(0.01)
-    others = [asyncio.create_task(coalesced([n])) for n in (2, 3)]
+    others = [asyncio.create_task(coalesced(items)) for items in ([2], [-3], [4])]
     await asyncio.sleep(0.01)
     work.gate.set()
 
-    for task in (first, *others):
-        with pytest.raises(ValueError, match="refused"):
-            await task
-    work.fail = False
+    assert await first == 1
+    assert await others[0] == 2
+    with pytest.raises(ValueError, match="refused -3"):
+        await others[1]
+    assert await others[2] == 4
+    assert work.calls == [[[1]], [[2], [-3], [4]], [[2]], [[-3]], [[4]]]
+
+
+async def test_a_call_alone_that_fails_is_not_tried_again() -> None:
+    work = Work(refuse=lambda n: True)
+    coalesced = Coalesced(work)
+
+    with pytest.raises(ValueError, match="refused 1"):
+        await coalesced([1])
+    assert work.calls == [[[1]]]
+    work.refuse = lambda n: False
     assert await coalesced([7]) == 7, "a failure does not stop later calls"
 
 

@@ -95,7 +95,7 @@ async def offer(config: Settings, load: Offer) -> AsyncIterator[float]:
 
 
 class Job(BaseModel):
-    """What the load process is told: its one argument, in JSON."""
+    """What the load process is told: one line of JSON on its standard input."""
 
     settings: dict[str, Any]
     per_s: int
@@ -104,7 +104,7 @@ class Job(BaseModel):
 
 
 async def _main() -> None:
-    job = Job.model_validate_json(sys.argv[1])
+    job = Job.model_validate_json(sys.stdin.readline())
     config = Settings.model_validate(job.settings)
     async for figure in offer(config, Offer(job.per_s, job.warmup_s, job.seconds)):
         print(figure, flush=True)

@@ -166,11 +166,17 @@ class PipelineBench:
         job = Job(settings=self.config.model_dump(mode="json"), per_s=load.per_s,
                   warmup_s=load.warmup_s, seconds=load.seconds)
         async with self._running(pipeline):
+            # The job goes on its standard input: its URLs may hold passwords, which a
+            # command line would show to anyone running ps.
             publisher = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tidings.bench.load", job.model_dump_json(),
+                sys.executable, "-m", "tidings.bench.load", stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE)
             try:
+                assert publisher.stdin is not None  # stdin=PIPE
                 assert publisher.stdout is not None  # stdout=PIPE
+                publisher.stdin.write(job.model_dump_json().encode() + b"\n")
+                await publisher.stdin.drain()
+                publisher.stdin.close()
                 measured_from_ms = await next_figure(publisher, publisher.stdout)
                 achieved = await next_figure(publisher, publisher.stdout)
                 await publisher.wait()
