@@ -311,6 +311,9 @@ def pipeline(
     ),
     warmup: Annotated[float, typer.Option(
         min=0.0, help="Seconds of the steady load offered first and not measured.")] = 1.0,
+    partitions: Annotated[int | None, typer.Option(
+        min=1, max=1024, help="Partitions of each topic (default: TIDINGS_PARTITIONS). One"
+        " worker process reads all of them.")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Runs of each measure (medians).")] = 3,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -318,7 +321,7 @@ def pipeline(
     from tidings.bench.pipeline import Counts, pipeline_command
 
     counts = Counts(drain=drain, rate=rate, steady_s=seconds, repeats=repeats,
-                    warmup_s=warmup)
+                    warmup_s=warmup, partitions=partitions)
     # The pipeline runs as in a worker process, collector tuning included.
     run_process(lambda config: pipeline_command(config, counts, json_output, out, err))
 

@@ -49,6 +49,7 @@ async def test_report_has_rates_latencies_and_their_runs(settings: Settings) -> 
     assert report["topology"] == "inline"
     assert report["notifications_per_s"] == report["topologies"]["inline"]["notifications_per_s"]
     assert report["counts"] == {"drain": 200, "steady": 200, "warmup": 100}
+    assert report["partitions"] == settings.partitions
     assert report["postgres_commit_ms"] > 0
     assert report["postgres_rows_per_s"] > 0
     assert orjson.loads(orjson.dumps(report)) == report
@@ -72,12 +73,13 @@ def test_json_option_prints_one_json_object(settings: Settings) -> None:
            "TIDINGS_DATABASE_SCHEMA": settings.database_schema}
     result = CliRunner().invoke(
         cli, ["bench", "pipeline", "--json", "--drain", "50", "--rate", "200", "--seconds",
-              "0.2", "--warmup", "0.1", "--repeats", "1"], env=env)
+              "0.2", "--warmup", "0.1", "--partitions", "2", "--repeats", "1"], env=env)
 
     assert result.exit_code == 0, result.output
     report: dict[str, Any] = orjson.loads(result.stdout)
     for field in ("notifications_per_s", "raw_per_s", "latency_p50_ms", "latency_p99_ms"):
         assert isinstance(report[field], int | float)
+    assert report["partitions"] == 2
 
 
 async def test_a_load_process_that_ends_without_reporting_is_an_error() -> None:

@@ -81,6 +81,7 @@ class Counts:
     steady_s: float = 4.0
     repeats: int = 3
     warmup_s: float = 1.0
+    partitions: int | None = None  # of each topic; None: TIDINGS_PARTITIONS
 
 
 async def _noop_providers(app: App) -> dict[Channel, Provider]:
@@ -274,6 +275,7 @@ async def run_pipeline_bench(
     config = settings.model_copy(update={
         "redis_url": url, "namespace": f"{settings.namespace}-bench-{suffix}",
         "database_schema": f"{settings.database_schema}_bench_{suffix}", "block_ms": 100,
+        "partitions": counts.partitions or settings.partitions,
     })
     started = time.perf_counter()
     load = Offer(counts.rate, counts.warmup_s, counts.steady_s)
@@ -346,6 +348,7 @@ async def run_pipeline_bench(
         "topologies": topologies,
         "runs": runs,
         "counts": {"drain": counts.drain, "steady": load.measured, "warmup": load.warmup},
+        "partitions": config.partitions,
         "repeats": counts.repeats,
         "ledger": True,
         "provider": "noop",
@@ -387,7 +390,8 @@ def render(report: dict[str, Any], console: Console) -> None:
     table.caption = (
         f"result: the {report['topology']} topology · ratio {report['topology']} / raw"
         f" {report['ratio']:.3f} · Redis {report['redis_version']} · Python"
-        f" {report['python_version']} · {report['cpus']} CPUs · {report['repeats']} runs ·"
+        f" {report['python_version']} · {report['cpus']} CPUs · {report['partitions']}"
+        f" partitions a topic · {report['repeats']} runs ·"
         f" {report['seconds']}s · PostgreSQL alone: INSERT + COMMIT"
         f" {report['postgres_commit_ms']:.2f} ms, {report['postgres_rows_per_s']:,.0f} rows/s"
         " in 500-row INSERTs"
