@@ -594,3 +594,35 @@ async def test_a_batch_the_database_refuses_fails_only_its_own_claim(
     assert found[0] == set()
     assert isinstance(found[1], LedgerError)
     assert found[2] == {"m2"}
+
+
+async def test_a_claim_whose_caller_is_cancelled_in_flight_leaves_no_leg_sending(
+    engine: AsyncEngine, writer: LedgerWriter, direct: DirectPool
+) -> None:
+    # The sender is cancelled (the shutdown deadline) while its claim waits on a row lock:
+    # the statement still lands, so what it claimed must be released, not left 'sending'
+    # with nobody to send it (later it would look like an outcome unknown).
+    await writer.claim_idempotency_keys([_message("m1")])
+    async with engine.begin() as conn:
+        await conn.execute(insert(deliveries).values(
+            message_id="m1", channel="email", recipient="a@example.com", state="failed"))
+    intents = Intents(direct)
+    leg = ("m1", "email", "a@example.com")
+    async with engine.connect() as locker:
+        await locker.execute(text("SELECT 1 FROM deliveries WHERE message_id = 'm1' FOR UPDATE"))
+        claim = asyncio.create_task(intents.claim([leg]))
+        await asyncio.sleep(0.3)
+        claim.cancel()
+        await asyncio.gather(claim, return_exceptions=True)
+        await locker.rollback()
+
+    async def released() -> bool:
+        async with engine.connect() as conn:
+            row = (await conn.execute(select(deliveries.c.state, deliveries.c.last_error))).one()
+        return row.state == "failed" and "interrupted" in (row.last_error or "")
+
+    deadline = time.monotonic() + 5
+    while not await released():
+        assert time.monotonic() < deadline, "the leg stayed claimed for a caller that left"
+        await asyncio.sleep(0.05)
+    assert (await intents.claim([leg]))[leg].state == CLAIMED
