@@ -2,21 +2,18 @@
 arrive wait, then go out together as one.
 
 A worker runs one consumer per partition. Each sends the same per-batch statements (claim the
-idempotency keys, read the preferences, claim the intents), so with four partitions up to four
-copies of each competed for the database and for the event loop, each with its own small
-batch. Merged, there is at most one of each in flight: fewer, larger statements. What a merged
-call did for a caller cancelled meanwhile can be undone (``abandoned``: the intent claim
-releases the legs it claimed, which nobody will send).
+idempotency keys, read the preferences), so with four partitions up to four copies of each
+competed for the database and for the event loop, each with its own small batch. Merged, there
+is at most one of each in flight: fewer, larger statements. (Not the intent claim: a caller
+cancelled while it is in flight would leave its legs claimed, 'sending', with nobody to send
+them.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
-
-log = logging.getLogger(__name__)
 
 K = TypeVar("K")
 R = TypeVar("R")
@@ -31,18 +28,12 @@ class Coalesced(Generic[K, R]):
     merged call fails, each of its callers' parts is tried again on its own (concurrently), so
     that one caller's bad items fail only that caller. A caller cancelled while it waits is
     left out of the next call; one cancelled while its call is in flight stops waiting, and
-    the call goes on for the others. What it did for the caller that left is handed to
-    ``abandoned(items, result)``, to undo what must not stay (without it, ``work`` must be
-    harmless to complete for a caller that is gone: a read, or a write its retry finds done).
+    the call goes on for the others: ``work`` must be harmless to complete for a caller that
+    is gone (a read, or a write its caller's retry finds done).
     """
 
-    def __init__(
-        self,
-        work: Callable[[list[Sequence[K]]], Awaitable[list[R]]],
-        abandoned: Callable[[Sequence[K], R], Awaitable[None]] | None = None,
-    ) -> None:
+    def __init__(self, work: Callable[[list[Sequence[K]]], Awaitable[list[R]]]) -> None:
         self._work = work
-        self._abandoned = abandoned
         self._waiting: list[tuple[Sequence[K], asyncio.Future[R]]] = []
         self._runner: asyncio.Task[None] | None = None
 
@@ -68,42 +59,26 @@ class Coalesced(Generic[K, R]):
             self._waiting = []
 
     async def _call(self, calls: list[tuple[Sequence[K], asyncio.Future[R]]]) -> None:
+        outcomes: list[R | _Failed]
         try:
-            outcomes = await self._outcomes(calls)
+            try:
+                outcomes = list(await self._work([items for items, _ in calls]))
+            except Exception as exc:
+                if len(calls) == 1:
+                    outcomes = [_Failed(exc)]
+                else:  # what failed may be one caller's items: each tries on its own
+                    outcomes = await asyncio.gather(*(self._alone(items) for items, _ in calls))
         except asyncio.CancelledError:
             for _, future in calls:
                 future.cancel()
             raise
-        for (items, future), outcome in zip(calls, outcomes, strict=True):
-            if isinstance(outcome, _Skipped):
+        for (_, future), outcome in zip(calls, outcomes, strict=True):
+            if future.done():
                 continue
             if isinstance(outcome, _Failed):
-                if not future.done():
-                    future.set_exception(outcome.error)
-            elif not future.done():
+                future.set_exception(outcome.error)
+            else:
                 future.set_result(outcome)
-            elif self._abandoned is not None:
-                await self._give_back(items, outcome)
-
-    async def _outcomes(
-        self, calls: list[tuple[Sequence[K], asyncio.Future[R]]]
-    ) -> list[R | _Failed | _Skipped]:
-        try:
-            return list(await self._work([items for items, _ in calls]))
-        except Exception as exc:
-            if len(calls) == 1:
-                return [_Failed(exc)]
-        # What failed may be one caller's items: each tries on its own (not the ones gone).
-        return await asyncio.gather(*(
-            self._alone(items) if not future.done() else _skip() for items, future in calls))
-
-    async def _give_back(self, items: Sequence[K], result: R) -> None:
-        assert self._abandoned is not None
-        try:
-            await self._abandoned(items, result)
-        except Exception as exc:  # the runner goes on for the callers still waiting
-            log.error("could not undo a merged call whose caller left (%s: %s)",
-                      type(exc).__name__, exc)
 
     async def _alone(self, items: Sequence[K]) -> R | _Failed:
         try:
@@ -111,17 +86,6 @@ class Coalesced(Generic[K, R]):
         except Exception as exc:
             return _Failed(exc)
         return result
-
-
-class _Skipped:
-    """A caller that left before its part was tried on its own."""
-
-
-_SKIPPED = _Skipped()
-
-
-async def _skip() -> _Skipped:
-    return _SKIPPED
 
 
 class _Failed:

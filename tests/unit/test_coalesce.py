@@ -116,39 +116,3 @@ async def test_a_caller_cancelled_in_flight_does_not_stop_the_call_for_the_other
     assert await first == 1
     assert await staying == 3
     assert work.calls == [[[1]], [[2], [3]]]
-
-
-async def test_what_a_merged_call_did_for_a_caller_that_left_is_handed_back() -> None:
-    work = Work()
-    given_back: list[tuple[list[int], int]] = []
-
-    async def undo(items: Sequence[int], result: int) -> None:
-        given_back.append((list(items), result))
-
-    coalesced = Coalesced(work, abandoned=undo)
-    work.gate.clear()
-    first = asyncio.create_task(coalesced([1]))
-    await asyncio.sleep(0.01)
-    leaving = asyncio.create_task(coalesced([2, 3]))
-    staying = asyncio.create_task(coalesced([4]))
-    await asyncio.sleep(0)
-    work.gate.set()  # lets the first call finish; the merged second one then waits
-    work.gate.clear()
-    while len(work.calls) < 2:
-        await asyncio.sleep(0.001)
-    leaving.cancel()  # its call is in flight
-    work.gate.set()
-
-    assert await first == 1
-    assert await staying == 4
-    await asyncio.sleep(0.01)
-    assert given_back == [([2, 3], 5)]
-
-    work.refuse = lambda n: n == 9  # a failed call did nothing to undo
-    work.gate.clear()
-    failing = asyncio.create_task(coalesced([9]))
-    await asyncio.sleep(0)
-    failing.cancel()
-    work.gate.set()
-    await asyncio.sleep(0.01)
-    assert given_back == [([2, 3], 5)]

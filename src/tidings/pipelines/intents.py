@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from tidings.coalesce import Coalesced
 from tidings.direct import DirectPool, Statement, json_param
 
 DeliveryKey = tuple[str, str, str]  # (message_id, channel, recipient)
@@ -84,7 +83,6 @@ class Intents:
         self._direct = direct
         # A 'sending' row older than this belongs to a worker that died mid-send.
         self._stale_s = stale_after_s
-        self._claims = Coalesced(self._claim_together, abandoned=self._abandoned)
 
     async def release(self, legs: Sequence[DeliveryKey]) -> None:
         """Give back claimed legs whose provider was never called (the batch was interrupted):
@@ -105,35 +103,9 @@ class Intents:
     async def claim(self, legs: Sequence[DeliveryKey]) -> dict[DeliveryKey, Claim]:
         """For each leg: CLAIMED, BUSY, or the state it was already in: 'sent', 'filtered',
         'dead', or 'sending' (stale: its sender died; the outcome is unknown), with the
-        leg's last recorded error.
-
-        Claims made while another is in flight go out together, in one statement, once it is
-        answered (see tidings.coalesce); a leg asked for by two of them is claimed for the
-        first only and is BUSY for the others, as if they had come one after the other. The
-        legs claimed for a caller that was cancelled meanwhile are released at once."""
-        return await self._claims(legs) if legs else {}
-
-    async def _claim_together(
-        self, calls: list[Sequence[DeliveryKey]]
-    ) -> list[dict[DeliveryKey, Claim]]:
-        found = await self._claim(list(dict.fromkeys(leg for legs in calls for leg in legs)))
-        results: list[dict[DeliveryKey, Claim]] = []
-        taken: set[DeliveryKey] = set()
-        for legs in calls:
-            mine = {leg: found[leg] for leg in legs}
-            for leg, claim in mine.items():
-                if claim.state == CLAIMED and leg in taken:
-                    mine[leg] = Claim(BUSY, claim.error)
-            taken.update(mine)
-            results.append(mine)
-        return results
-
-    async def _abandoned(self, legs: Sequence[DeliveryKey],
-                         claims: dict[DeliveryKey, Claim]) -> None:
-        """Its caller left while its claim was in flight: nobody will send these."""
-        await self.release([leg for leg, claim in claims.items() if claim.state == CLAIMED])
-
-    async def _claim(self, legs: list[DeliveryKey]) -> dict[DeliveryKey, Claim]:
+        leg's last recorded error."""
+        if not legs:
+            return {}
         params = {"legs": json_param(legs), "stale_s": self._stale_s}
         result: dict[DeliveryKey, Claim] = {}
         for row in await self._direct.fetch(_CLAIM, params):  # one statement: atomic
