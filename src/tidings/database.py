@@ -1,4 +1,5 @@
-"""The PostgreSQL engine: URL forms, a search_path per connection, and a reachability check."""
+"""The PostgreSQL engine: URL forms, a search_path per connection, a reachability check, and
+text made storable."""
 
 from __future__ import annotations
 
@@ -95,3 +96,16 @@ async def ensure_schema(engine: AsyncEngine, schema: str) -> None:
     """Create ``schema`` unless it exists."""
     async with engine.begin() as conn:
         await conn.execute(CreateSchema(schema, if_not_exists=True))
+
+
+def storable(value: Any) -> Any:
+    """JSON-able data PostgreSQL accepts: text and jsonb refuse the NUL character, which
+    becomes U+FFFD (for what arrives from outside, e.g. a provider's reply: a notification's
+    own text is refused at publish instead)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {storable(str(k)): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    return value

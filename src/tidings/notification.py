@@ -146,7 +146,46 @@ def check_channels(value: Any) -> Any:
     return list(value)
 
 
+_NUL = "contains a NUL character (\\u0000), which PostgreSQL cannot store; remove it"
+
+
+def check_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError(_NUL)
+    return value
+
+
+def check_data(value: dict[str, Any]) -> dict[str, Any]:
+    """Template data: any JSON, but no NUL character in a key or a string anywhere in it."""
+    path = _nul_in(value, "data")
+    if path is not None:
+        raise ValueError(f"{path} {_NUL}")
+    return value
+
+
+def _nul_in(value: Any, path: str) -> str | None:
+    """The path of the first key or string holding a NUL character, if any."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}"
+            if "\x00" in str(key):
+                return here
+            found = _nul_in(item, here)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_in(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
 Phone = Annotated[str, AfterValidator(check_e164)]
+Text = Annotated[str, AfterValidator(check_text)]
+Data = Annotated[dict[str, Any], AfterValidator(check_data)]
 Email = Annotated[str, AfterValidator(check_email)]
 Locale = Annotated[str, AfterValidator(canonical_locale)]
 TimeZone = Annotated[str, AfterValidator(check_timezone)]
@@ -195,10 +234,10 @@ _ADDRESS_FIELD: dict[Channel, str] = {
 class Content(_Model):
     """Pre-rendered content; each channel uses the parts it needs (SMS: body only)."""
 
-    body: str = Field(min_length=1)
-    subject: str | None = None
-    html: str | None = None
-    title: str | None = None
+    body: Text = Field(min_length=1)
+    subject: Text | None = None
+    html: Text | None = None
+    title: Text | None = None
 
 
 class Notification(_Model):
@@ -213,7 +252,7 @@ class Notification(_Model):
     channels: Channels = "auto"
     recipient: Recipient
     template: Key | None = None
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: Data = Field(default_factory=dict)
     content: Content | None = Field(None, validate_default=True)
     priority: NotificationPriority = NotificationPriority.NORMAL
     tenant: Key = "default"

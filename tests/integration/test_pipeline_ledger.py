@@ -620,3 +620,20 @@ async def test_a_claim_whose_caller_is_cancelled_in_flight_leaves_no_leg_sending
     async with engine.connect() as conn:
         assert (await conn.execute(select(deliveries.c.state))).scalar_one() == "failed"
     assert (await intents.claim([leg]))[leg].state == CLAIMED
+
+
+async def test_a_provider_reply_holding_a_nul_is_stored_not_refused(
+    engine: AsyncEngine, writer: LedgerWriter
+) -> None:
+    # PostgreSQL refuses NUL in text: one such row would have failed the whole flush, other
+    # batches' rows with it. What arrives from a provider is made storable instead.
+    await writer.claim_idempotency_keys([_message("m1")])
+    await writer.record_delivery("m1", "sms", "+14155550100", "failed", provider="twilio",
+                                 provider_message_id="SM\x001", error="HTTP 200: <html>\x00")
+    await writer.record_delivery("m1", "email", "a@example.com", "sent", provider="smtp")
+    await writer.flush()
+
+    async with engine.connect() as conn:
+        rows = dict((await conn.execute(
+            select(deliveries.c.channel, deliveries.c.last_error))).all())
+    assert rows == {"sms": "HTTP 200: <html>\ufffd", "email": None}

@@ -187,3 +187,14 @@ def test_a_notification_is_immutable() -> None:
 def test_webhook_is_addressed_by_user_id() -> None:
     n = parse_notification(payload(channels=["webhook"], recipient=recipient()))
     assert n.recipient.addresses("webhook") == ("u-1",)
+
+
+def test_text_postgresql_cannot_store_is_refused_at_publish_with_its_path() -> None:
+    base = {"type": "order.shipped", "channels": ["email"],
+            "recipient": {"user_id": "u1", "email": "ada@example.com"}}
+
+    with pytest.raises(PayloadError, match=r"data: .*data\.order\.lines\[1\] contains a NUL"):
+        parse_notification({**base, "template": "t",
+                            "data": {"order": {"lines": ["ok", "bad\x00"]}}})
+    with pytest.raises(PayloadError, match=r"content\.subject: .*contains a NUL"):
+        parse_notification({**base, "content": {"body": "hi", "subject": "a\x00"}})

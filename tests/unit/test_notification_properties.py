@@ -1,4 +1,5 @@
-"""Property tests for the contract's validators: E.164, locales, channel lists, time zones."""
+"""Property tests for the contract's validators: E.164, locales, channel lists, time zones,
+template data."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tidings.notification import (
     CHANNELS,
     canonical_locale,
     check_channels,
+    check_data,
     check_e164,
     check_timezone,
 )
@@ -136,3 +138,51 @@ def test_host_specific_or_malformed_zone_names_are_refused(name: str) -> None:
 @pytest.mark.parametrize("value", ["auto", ["auto"]])
 def test_auto_in_any_spelling_is_auto(value: Any) -> None:
     assert check_channels(value) == "auto"
+
+
+json_data = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=4),
+    max_leaves=12,
+)
+data_dicts = st.dictionaries(st.text(max_size=6), json_data, max_size=4)
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+def _nul_somewhere(value: Any, draw: Any) -> Any:
+    """``value`` with one of its strings (or, lacking any, a new key) holding a NUL."""
+    if isinstance(value, dict) and value:
+        key = draw(st.sampled_from(sorted(value)))
+        return {**value, key: _nul_somewhere(value[key], draw)}
+    if isinstance(value, list) and value:
+        index = draw(st.integers(0, len(value) - 1))
+        return [*value[:index], _nul_somewhere(value[index], draw), *value[index + 1:]]
+    if isinstance(value, str):
+        return value + "\x00"
+    return "\x00"
+
+
+@given(data_dicts)
+def test_template_data_without_nul_is_accepted_as_it_is(data: dict[str, Any]) -> None:
+    clean = _without_nul(data)
+    assert check_data(clean) == clean
+
+
+@given(data_dicts.filter(bool), st.data())
+def test_a_nul_anywhere_in_template_data_is_refused_with_its_path(
+    data: dict[str, Any], draw: st.DataObject
+) -> None:
+    spoiled = _nul_somewhere(_without_nul(data), draw.draw)
+
+    with pytest.raises(ValueError, match=r"(?s)^data[.\[].* contains a NUL character"):
+        check_data(spoiled)

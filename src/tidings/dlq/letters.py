@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from tidings.database import storable
 from tidings.errors import PayloadError
 from tidings.message import ERRORS_HEADER, HEADER_FIELD, PAYLOAD_FIELD, Envelope
 from tidings.tables.dead_letters import DEAD_KINDS
@@ -39,20 +40,9 @@ def fingerprint(topic: str, group: str, kind: str, error_type: str | None, messa
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
 
-def clean(value: Any) -> Any:
-    """JSON-able data PostgreSQL accepts: text and jsonb refuse the NUL character."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, dict):
-        return {clean(str(k)): clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [clean(v) for v in value]
-    return value
-
-
 def _text(fields: dict[bytes, bytes], name: bytes) -> str | None:
     raw = fields.get(name)
-    return None if raw is None else clean(raw.decode("utf-8", "replace"))
+    return None if raw is None else storable(raw.decode("utf-8", "replace"))
 
 
 _INT_MAX = 2**31 - 1  # an integer column
@@ -87,7 +77,7 @@ def error_history(headers: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     if not isinstance(items, list):
         return []
-    return [clean(i) for i in items if isinstance(i, dict) and isinstance(i.get("at_ms"), int)]
+    return [storable(i) for i in items if isinstance(i, dict) and isinstance(i.get("at_ms"), int)]
 
 
 def read_envelope(raw: bytes | None) -> Envelope | None:
@@ -105,7 +95,7 @@ def row_of(
 ) -> dict[str, Any]:
     """The ``dead_letters`` row of one dead-stream entry (see the entry contract in consumer.py)."""
     envelope = read_envelope(fields.get(HEADER_FIELD))
-    headers: dict[str, Any] = clean(envelope.headers) if envelope else {}
+    headers: dict[str, Any] = storable(envelope.headers) if envelope else {}
     group = _text(fields, b"dead.group") or "?"
     kind = _text(fields, b"dead.kind") or "invalid"
     reason = _text(fields, b"dead.reason") or ""
@@ -127,8 +117,8 @@ def row_of(
         "entry_id": _text(fields, b"dead.id") or dead_id,
         "dead_stream": dead_stream,
         "dead_entry_id": dead_id,
-        "message_id": clean(envelope.id) if envelope else None,
-        "key": clean(envelope.key) if envelope and envelope.key else None,
+        "message_id": storable(envelope.id) if envelope else None,
+        "key": storable(envelope.key) if envelope and envelope.key else None,
         "priority": envelope.priority.value if envelope else None,
         "kind": kind,
         "error_type": error_type,

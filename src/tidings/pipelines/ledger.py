@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from tidings.coalesce import Coalesced
+from tidings.database import storable
 from tidings.direct import DirectPool, transient
 from tidings.errors import TidingsError
 from tidings.message import new_id
@@ -196,6 +197,9 @@ class LedgerWriter:
         if self._closed:
             raise LedgerError("the ledger writer is closed", rows=0, retained=False)
         at = at or datetime.now(UTC)
+        # What a provider replied may hold a NUL, which PostgreSQL refuses: the whole flush,
+        # with other batches' rows, would be refused for it.
+        provider_message_id, error = storable(provider_message_id), storable(error)
         counted = int(state in COUNTED)
         event = EventRow(state, attempt, provider, provider_message_id, error, duration_ms, at,
                          counted or None)
