@@ -16,18 +16,34 @@ class Work:
 
     def __init__(self, *, refuse: Callable[[int], bool] = lambda n: False) -> None:
         self.calls: list[list[list[int]]] = []
+        self.arrivals: asyncio.Queue[None] = asyncio.Queue()  # one per call that started
         self.gate = asyncio.Event()
         self.gate.set()
         self.refuse = refuse
 
     async def __call__(self, calls: list[Sequence[int]]) -> list[int]:
         self.calls.append([list(items) for items in calls])
+        self.arrivals.put_nowait(None)
         await self.gate.wait()
         for items in calls:
             for n in items:
                 if self.refuse(n):
                     raise ValueError(f"refused {n}")
         return [sum(items) for items in calls]
+
+
+async def behind_one_in_flight(
+    work: Work, *later: list[int]
+) -> tuple[asyncio.Task[int], list[asyncio.Task[int]]]:
+    """A call of [1] held in flight (``work``'s gate closed), and the calls of ``later`` made
+    meanwhile, waiting."""
+    work.gate.clear()
+    coalesced = Coalesced(work)
+    first = asyncio.create_task(coalesced([1]))
+    await work.arrivals.get()
+    others = [asyncio.create_task(coalesced(items)) for items in later]
+    await asyncio.sleep(0.01)
+    return first, others
 
 
 async def test_a_call_with_nothing_in_flight_goes_out_alone() -> None:
@@ -40,27 +56,16 @@ async def test_a_call_with_nothing_in_flight_goes_out_alone() -> None:
 
 async def test_calls_made_while_one_is_in_flight_go_out_together_each_with_its_result() -> None:
     work = Work()
-    work.gate.clear()
-    coalesced = Coalesced(work)
-    first = asyncio.create_task(coalesced([1]))
-    await asyncio.sleep(0.01)  # the first call is in flight
-    second = asyncio.create_task(coalesced([2, 3]))
-    third = asyncio.create_task(coalesced([4]))
-    await asyncio.sleep(0.01)
+    first, (second, third) = await behind_one_in_flight(work, [2, 3], [4])
     work.gate.set()
 
-    assert await asyncio.gather(first, second, third) == [1, 5, 4]
+    assert list(await asyncio.gather(first, second, third)) == [1, 5, 4]
     assert work.calls == [[[1]], [[2, 3], [4]]]
 
 
 async def test_when_the_merged_call_fails_each_part_is_tried_on_its_own() -> None:
     work = Work(refuse=lambda n: n < 0)
-    work.gate.clear()
-    coalesced = Coalesced(work)
-    first = asyncio.create_task(coalesced([1]))
-    await asyncio.sleep(0.01)
-    others = [asyncio.create_task(coalesced(items)) for items in ([2], [-3], [4])]
-    await asyncio.sleep(0.01)
+    first, others = await behind_one_in_flight(work, [2], [-3], [4])
     work.gate.set()
 
     assert await first == 1
@@ -84,13 +89,7 @@ async def test_a_call_alone_that_fails_is_not_tried_again() -> None:
 
 async def test_a_caller_cancelled_while_waiting_is_left_out_of_the_next_call() -> None:
     work = Work()
-    work.gate.clear()
-    coalesced = Coalesced(work)
-    first = asyncio.create_task(coalesced([1]))
-    await asyncio.sleep(0.01)
-    leaving = asyncio.create_task(coalesced([2]))
-    staying = asyncio.create_task(coalesced([3]))
-    await asyncio.sleep(0.01)
+    first, (leaving, staying) = await behind_one_in_flight(work, [2], [3])
     leaving.cancel()
     work.gate.set()
 
@@ -102,17 +101,15 @@ async def test_a_caller_cancelled_while_waiting_is_left_out_of_the_next_call() -
 
 async def test_a_caller_cancelled_in_flight_does_not_stop_the_call_for_the_others() -> None:
     work = Work()
+    first, (leaving, staying) = await behind_one_in_flight(work, [2], [3])
+    work.gate.set()  # lets the first call finish; the merged second one then waits
     work.gate.clear()
-    coalesced = Coalesced(work)
-    first = asyncio.create_task(coalesced([1]))
-    await asyncio.sleep(0.01)
-    leaving = asyncio.create_task(coalesced([2]))
-    staying = asyncio.create_task(coalesced([3]))
-    await asyncio.sleep(0)  # both waiting; the first call still in flight
-    work.gate.set()
-    await asyncio.sleep(0)
+    await work.arrivals.get()  # the merged call is in flight
     leaving.cancel()
+    await asyncio.sleep(0)
+    work.gate.set()
 
     assert await first == 1
     assert await staying == 3
+    assert leaving.cancelled()
     assert work.calls == [[[1]], [[2], [3]]]
