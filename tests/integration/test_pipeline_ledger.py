@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -574,7 +574,7 @@ async def test_a_leg_claimed_by_three_at_once_is_claimed_for_one_only(
         intents.claim([leg]), intents.claim([other, leg]), intents.claim([leg]))
 
     assert sorted(claims[leg].state for claims in found) == [BUSY, BUSY, CLAIMED]
-    assert found[1][other] == Claim(CLAIMED, None)
+    assert found[1][other].state == CLAIMED
     assert await intents.claim([leg]) == {leg: Claim(BUSY, None)}, "it is 'sending' now"
 
 
@@ -620,6 +620,105 @@ async def test_a_claim_whose_caller_is_cancelled_in_flight_leaves_no_leg_sending
     async with engine.connect() as conn:
         assert (await conn.execute(select(deliveries.c.state))).scalar_one() == "failed"
     assert (await intents.claim([leg]))[leg].state == CLAIMED
+
+
+class LostReplies(DirectPool):
+    """Runs each statement, then loses its reply, as a connection broken by a database
+    restart does after the commit."""
+
+    def __init__(self, direct: DirectPool) -> None:
+        self._real = direct
+
+    async def fetch(self, statement: Any, params: Any) -> list[Any]:
+        await self._real.fetch(statement, params)
+        raise ConnectionResetError("connection lost before the reply")
+
+    async def execute(self, statement: Any, params: Any) -> None:
+        raise ConnectionResetError("connection lost before the statement was sent")
+
+
+async def _lose_the_reply(intents: Intents, direct: DirectPool,
+                         call: Callable[[], Awaitable[object]]) -> None:
+    """Run ``call`` on ``intents`` with the reply lost, then give it back its connection."""
+    intents._direct = LostReplies(direct)
+    with pytest.raises(ConnectionResetError):
+        await call()
+    intents._direct = direct
+
+
+async def test_a_claim_whose_reply_was_lost_is_claimed_again_by_its_worker(
+    writer: LedgerWriter, direct: DirectPool
+) -> None:
+    # The lost claim committed: the leg is 'sending', and nobody called its provider.
+    await writer.claim_idempotency_keys([_message("m1")])
+    leg = ("m1", "email", "a@example.com")
+    intents = Intents(direct, stale_after_s=0)
+    await _lose_the_reply(intents, direct, lambda: intents.claim([leg]))
+
+    found = await intents.claim([leg])
+
+    assert found[leg].state == CLAIMED, "its own token makes the 'sending' row its own"
+    assert (await intents.claim([leg]))[leg].state == "sending", "a new claim is not it"
+
+
+async def test_a_leg_whose_claim_reply_was_lost_stays_unknown_to_another_worker(
+    writer: LedgerWriter, direct: DirectPool
+) -> None:
+    await writer.claim_idempotency_keys([_message("m1")])
+    leg = ("m1", "email", "a@example.com")
+    lost = Intents(direct, stale_after_s=0)
+    await _lose_the_reply(lost, direct, lambda: lost.claim([leg]))
+
+    other = Intents(direct, stale_after_s=0)
+    assert (await other.claim([leg]))[leg].state == "sending", "it cannot know: unknown"
+
+
+async def test_a_leg_left_unsure_is_claimed_once_by_two_claims_at_once(
+    writer: LedgerWriter, direct: DirectPool
+) -> None:
+    await writer.claim_idempotency_keys([_message("m1")])
+    leg = ("m1", "email", "a@example.com")
+    intents = Intents(direct)
+    await _lose_the_reply(intents, direct, lambda: intents.claim([leg]))
+
+    found = await asyncio.gather(intents.claim([leg]), intents.claim([leg]))
+
+    assert sorted(claims[leg].state for claims in found) == [BUSY, CLAIMED]
+
+
+async def test_a_release_that_failed_leaves_the_leg_to_its_worker_and_no_other(
+    engine: AsyncEngine, writer: LedgerWriter, direct: DirectPool
+) -> None:
+    await writer.claim_idempotency_keys([_message("m1")])
+    leg = ("m1", "email", "a@example.com")
+    intents = Intents(direct, stale_after_s=0)
+    claim = (await intents.claim([leg]))[leg]
+    assert claim.state == CLAIMED
+    assert claim.token is not None
+    token = claim.token
+    await _lose_the_reply(intents, direct, lambda: intents.release({leg: token}))
+
+    assert (await Intents(direct, stale_after_s=0).claim([leg]))[leg].state == "sending"
+    again = (await intents.claim([leg]))[leg]
+    assert again.state == CLAIMED, "known unsent: its worker takes it back"
+    assert again.token == claim.token
+
+
+async def test_a_release_gives_back_only_the_legs_its_claim_still_holds(
+    engine: AsyncEngine, writer: LedgerWriter, direct: DirectPool
+) -> None:
+    await writer.claim_idempotency_keys([_message("m1")])
+    leg, other = ("m1", "email", "a@example.com"), ("m1", "sms", "+14155550100")
+    intents = Intents(direct)
+    claims = await intents.claim([leg, other])
+    assert claims[leg].token is not None
+
+    await intents.release({leg: claims[leg].token, other: "someone else's token"})
+
+    async with engine.connect() as conn:
+        states = dict((await conn.execute(
+            select(deliveries.c.channel, deliveries.c.state))).all())
+    assert states == {"email": "failed", "sms": "sending"}
 
 
 async def test_a_provider_reply_holding_a_nul_is_stored_not_refused(

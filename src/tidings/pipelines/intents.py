@@ -4,11 +4,19 @@ This is what makes the effect exactly-once (DESIGN.md D2): a leg is sent only by
 consumer that moved its row to 'sending'. If that worker dies between the provider call and
 the ack, the redelivered message finds the row still 'sending' — the outcome is unknown — and
 does not send blindly a second time (see :mod:`tidings.pipelines.sending`).
+
+Each claim carries a token, stored on the rows it moves. When a claim's reply is lost (the
+database restarted, the connection broke, the call was cancelled), its rows may be 'sending'
+though no provider was called. The worker keeps the tokens of those legs and claims them again
+with the same token: a 'sending' row holding it is still ours. So is a row whose release failed.
+A different worker cannot tell such a row from a crashed send, and leaves it an outcome unknown.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from tidings.direct import DirectPool, Statement, json_param
@@ -17,10 +25,12 @@ DeliveryKey = tuple[str, str, str]  # (message_id, channel, recipient)
 
 
 class Claim(NamedTuple):
-    """What a claim found: CLAIMED, BUSY or the leg's state, and its last recorded error."""
+    """What a claim found: CLAIMED, BUSY or the leg's state, and its last recorded error; a
+    CLAIMED leg also has the claim's token (what :meth:`Intents.release` needs)."""
 
     state: str
     error: str | None
+    token: str | None = None
 
 CLAIMED = "claimed"
 """The leg is ours to send now."""
@@ -28,11 +38,13 @@ BUSY = "busy"
 """Another consumer is sending it right now (its 'sending' row is fresh): look again later."""
 
 # A row in accepted / delayed / failed moves to 'sending' and is ours; a missing one is created
-# so. Any other state is reported as it was; a 'sending' row younger than :stale_s is busy.
-# The legs come as one JSON array of [message_id, channel, recipient] (see direct.json_param).
+# so; so is a 'sending' row that holds the leg's token. Any other state is reported as it was;
+# a 'sending' row younger than :stale_s is busy. The legs come as one JSON array of
+# [message_id, channel, recipient, token] (see direct.json_param).
 _CLAIM = Statement.parse("""
 WITH want AS (
-    SELECT DISTINCT leg->>0 AS message_id, leg->>1 AS channel, leg->>2 AS recipient
+    SELECT DISTINCT leg->>0 AS message_id, leg->>1 AS channel, leg->>2 AS recipient,
+                    leg->>3 AS token
     FROM json_array_elements(CAST(:legs AS json)) AS leg
 ), prior AS (
     SELECT d.message_id, d.channel, d.recipient, d.last_error,
@@ -41,15 +53,16 @@ WITH want AS (
                 THEN 'busy' ELSE d.state END AS state
     FROM deliveries AS d JOIN want USING (message_id, channel, recipient)
 ), claimed AS (
-    INSERT INTO deliveries AS d (message_id, channel, recipient, state)
-    SELECT message_id, channel, recipient, 'sending' FROM want
+    INSERT INTO deliveries AS d (message_id, channel, recipient, state, claim_token)
+    SELECT message_id, channel, recipient, 'sending', token FROM want
     ORDER BY message_id, channel, recipient
     ON CONFLICT (message_id, channel, recipient) DO UPDATE
-        SET state = 'sending', updated_at = now()
+        SET state = 'sending', updated_at = now(), claim_token = excluded.claim_token
         WHERE d.state IN ('accepted', 'delayed', 'failed')
+           OR (d.state = 'sending' AND d.claim_token = excluded.claim_token)
     RETURNING d.message_id, d.channel, d.recipient
 )
-SELECT want.message_id, want.channel, want.recipient, prior.state AS prior,
+SELECT want.message_id, want.channel, want.recipient, want.token, prior.state AS prior,
        prior.last_error, claimed.message_id IS NOT NULL AS claimed
 FROM want
 LEFT JOIN prior USING (message_id, channel, recipient)
@@ -57,13 +70,14 @@ LEFT JOIN claimed USING (message_id, channel, recipient)
 """)
 
 
+# Only rows this claim still holds: one gone stale and claimed by another is theirs.
 _RELEASE = Statement.parse("""
 UPDATE deliveries AS d SET state = 'failed', updated_at = now(),
        last_error = 'not sent: interrupted before its provider was called'
-FROM unnest(CAST(:message_id AS text[]), CAST(:channel AS text[]), CAST(:recipient AS text[]))
-     AS r(message_id, channel, recipient)
+FROM json_to_recordset(CAST(:legs AS json))
+     AS r(message_id text, channel text, recipient text, token text)
 WHERE d.message_id = r.message_id AND d.channel = r.channel AND d.recipient = r.recipient
-  AND d.state = 'sending'
+  AND d.state = 'sending' AND d.claim_token = r.token
 """)
 
 
@@ -79,20 +93,35 @@ WHERE d.message_id = s.message_id AND d.channel = s.channel AND d.state = 'faile
 class Intents:
     """Claims delivery legs before they are sent, one statement per batch."""
 
+    # Legs remembered as possibly claimed but unsent: beyond this many, the oldest are
+    # forgotten (each then becomes an outcome unknown, never a second send).
+    UNSURE_LIMIT = 100_000
+
     def __init__(self, direct: DirectPool, *, stale_after_s: float = 30.0) -> None:
         self._direct = direct
         # A 'sending' row older than this belongs to a worker that died mid-send.
         self._stale_s = stale_after_s
+        # leg → the token of a claim (or release) of this worker whose outcome is unknown.
+        self._unsure: OrderedDict[DeliveryKey, str] = OrderedDict()
 
-    async def release(self, legs: Sequence[DeliveryKey]) -> None:
-        """Give back claimed legs whose provider was never called (the batch was interrupted):
-        they are retried like a failure, not mistaken later for an outcome unknown."""
-        if legs:
-            await self._direct.execute(_RELEASE, {
-                "message_id": [leg[0] for leg in legs],
-                "channel": [leg[1] for leg in legs],
-                "recipient": [leg[2] for leg in legs],
-            })
+    def _remember(self, tokens: Mapping[DeliveryKey, str]) -> None:
+        self._unsure.update(tokens)
+        while len(self._unsure) > self.UNSURE_LIMIT:
+            self._unsure.popitem(last=False)
+
+    async def release(self, tokens: Mapping[DeliveryKey, str]) -> None:
+        """Give back claimed legs (each with its claim's token) whose provider was never called
+        (the batch was interrupted): they are retried like a failure, not mistaken later for
+        an outcome unknown."""
+        if not tokens:
+            return
+        try:
+            await self._direct.execute(_RELEASE, {"legs": json_param(
+                [{"message_id": m, "channel": c, "recipient": r, "token": token}
+                 for (m, c, r), token in tokens.items()])})
+        except BaseException:  # still ours, and known unsent: the next claim takes them
+            self._remember(tokens)
+            raise
 
     async def supersede(self, channels: Sequence[tuple[str, str]]) -> None:
         """End the 'failed' legs of (message, channel)s a fallback chain no longer needs."""
@@ -101,21 +130,29 @@ class Intents:
                                                     "channel": [c[1] for c in channels]})
 
     async def claim(self, legs: Sequence[DeliveryKey]) -> dict[DeliveryKey, Claim]:
-        """For each leg: CLAIMED, BUSY, or the state it was already in: 'sent', 'filtered',
-        'dead', or 'sending' (stale: its sender died; the outcome is unknown), with the
-        leg's last recorded error."""
+        """For each leg: CLAIMED (with its token), BUSY, or the state it was already in:
+        'sent', 'filtered', 'dead', or 'sending' (stale: its sender died; the outcome is
+        unknown), with the leg's last recorded error."""
         if not legs:
             return {}
-        params = {"legs": json_param(legs), "stale_s": self._stale_s}
+        fresh = uuid.uuid4().hex
+        # A leg left unsure goes with its old token; it is taken out while this claim is in
+        # flight, so a concurrent claim of it cannot also find the row ours.
+        tokens = {leg: self._unsure.pop(leg, fresh) for leg in legs}
+        params = {"legs": json_param([[*leg, token] for leg, token in tokens.items()]),
+                  "stale_s": self._stale_s}
+        try:
+            rows = await self._direct.fetch(_CLAIM, params)  # one statement: atomic
+        except BaseException:  # it may have committed: these legs may be ours, unsent
+            self._remember(tokens)
+            raise
         result: dict[DeliveryKey, Claim] = {}
-        for row in await self._direct.fetch(_CLAIM, params):  # one statement: atomic
+        for row in rows:
             key = (row["message_id"], row["channel"], row["recipient"])
             prior = row["prior"]
             if row["claimed"]:
-                state = CLAIMED
-            elif prior in ("sent", "filtered", "dead", "sending"):
-                state = prior
-            else:
-                state = BUSY
+                result[key] = Claim(CLAIMED, row["last_error"], row["token"])
+                continue
+            state = prior if prior in ("sent", "filtered", "dead", "sending") else BUSY
             result[key] = Claim(state, row["last_error"])
         return result

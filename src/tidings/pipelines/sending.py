@@ -158,7 +158,8 @@ class Sender:
         except BaseException:  # cancelled (shutdown deadline) or broken: free the unsent legs
             unsent = [(j.run.dispatch.message_id, j.channel, leg.address)
                       for j, leg in sends if id(leg) not in called]
-            await asyncio.shield(self.intents.release(unsent))
+            await asyncio.shield(self.intents.release(
+                {key: token for key in unsent if (token := claims[key].token) is not None}))
             raise
         results = [r for r in outcomes if r is not None]
         await self._record_all(sends, results, tally)
@@ -226,7 +227,7 @@ class Sender:
         """The legs of ``job`` to send now; the others are settled from what the ledger says."""
         run, sends = job.run, []
         for leg in job.legs:
-            state, error = claims[(run.dispatch.message_id, job.channel, leg.address)]
+            state, error, _ = claims[(run.dispatch.message_id, job.channel, leg.address)]
             if state == CLAIMED or (state == "sending" and idempotent(job.provider)):
                 sends.append((job, leg))
             elif state == "sent":

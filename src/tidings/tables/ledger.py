@@ -67,6 +67,8 @@ deliveries = Table(
     Column("provider_message_id", Text, nullable=True),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("last_error", Text, nullable=True),
+    # Who moved the leg to 'sending': see tidings.pipelines.intents.
+    Column("claim_token", Text, nullable=True),
     timestamp("created_at"),
     timestamp("updated_at", onupdate=True),
     timestamp("sent_at", nullable=True),
