@@ -9,7 +9,8 @@ Each claim carries a token, stored on the rows it moves. When a claim's reply is
 database restarted, the connection broke, the call was cancelled), its rows may be 'sending'
 though no provider was called. The worker keeps the tokens of those legs and claims them again
 with the same token: a 'sending' row holding it is still ours. So is a row whose release failed.
-A different worker cannot tell such a row from a crashed send, and leaves it an outcome unknown.
+A different worker cannot tell such a row from a crashed send, and leaves it an outcome unknown
+(so do the tokens of a claim cancelled at the shutdown deadline: they leave with the process).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ LEFT JOIN claimed USING (message_id, channel, recipient)
 
 # Only rows this claim still holds: one gone stale and claimed by another is theirs.
 _RELEASE = Statement.parse("""
-UPDATE deliveries AS d SET state = 'failed', updated_at = now(),
+UPDATE deliveries AS d SET state = 'failed', updated_at = now(), claim_token = NULL,
        last_error = 'not sent: interrupted before its provider was called'
 FROM json_to_recordset(CAST(:legs AS json))
      AS r(message_id text, channel text, recipient text, token text)
@@ -105,7 +106,9 @@ class Intents:
         self._unsure: OrderedDict[DeliveryKey, str] = OrderedDict()
 
     def _remember(self, tokens: Mapping[DeliveryKey, str]) -> None:
-        self._unsure.update(tokens)
+        for leg, token in tokens.items():
+            self._unsure[leg] = token
+            self._unsure.move_to_end(leg)
         while len(self._unsure) > self.UNSURE_LIMIT:
             self._unsure.popitem(last=False)
 
@@ -122,6 +125,8 @@ class Intents:
         except BaseException:  # still ours, and known unsent: the next claim takes them
             self._remember(tokens)
             raise
+        for leg in tokens:
+            self._unsure.pop(leg, None)
 
     async def supersede(self, channels: Sequence[tuple[str, str]]) -> None:
         """End the 'failed' legs of (message, channel)s a fallback chain no longer needs."""
@@ -138,7 +143,7 @@ class Intents:
         fresh = uuid.uuid4().hex
         # A leg left unsure goes with its old token; it is taken out while this claim is in
         # flight, so a concurrent claim of it cannot also find the row ours.
-        tokens = {leg: self._unsure.pop(leg, fresh) for leg in legs}
+        tokens = {leg: self._unsure.pop(leg, fresh) for leg in dict.fromkeys(legs)}
         params = {"legs": json_param([[*leg, token] for leg, token in tokens.items()]),
                   "stale_s": self._stale_s}
         try:

@@ -140,28 +140,19 @@ class Sender:
         claims = await self.intents.claim(
             [(j.run.dispatch.message_id, j.channel, leg.address) for j in jobs for leg in j.legs]
         )
-        sends: list[tuple[_Job, Delivery]] = []
-        for job in jobs:
-            sends += await self._triage(job, claims, tally)
-        sends = _once(sends)
-        traced = tracing.enabled()
-        called: set[int] = set()
-        outcomes: list[SendResult | None] = [None] * len(sends)
-        pending = iter(enumerate(sends))
-
-        async def sender() -> None:  # one of at most `concurrency`, taking legs in turn
-            for index, (job, leg) in pending:
-                outcomes[index] = await self._send(job, leg, traced, called)
-
+        called: set[DeliveryKey] = set()
         try:
-            await asyncio.gather(*(sender() for _ in range(min(self.concurrency, len(sends)))))
-        except BaseException:  # cancelled (shutdown deadline) or broken: free the unsent legs
-            unsent = [(j.run.dispatch.message_id, j.channel, leg.address)
-                      for j, leg in sends if id(leg) not in called]
-            await asyncio.shield(self.intents.release(
-                {key: token for key in unsent if (token := claims[key].token) is not None}))
+            sends: list[tuple[_Job, Delivery]] = []
+            for job in jobs:
+                sends += await self._triage(job, claims, tally)
+            sends = _once(sends)
+            results = await self._send_all(sends, called)
+        except BaseException:  # cancelled (shutdown deadline) or broken: free the legs
+            # claimed and not sent; those whose release fails, this worker claims back.
+            await asyncio.shield(self.intents.release({
+                key: claim.token for key, claim in claims.items()
+                if claim.token is not None and key not in called}))
             raise
-        results = [r for r in outcomes if r is not None]
         await self._record_all(sends, results, tally)
         sent_now = {id(job) for (job, _), result in zip(sends, results, strict=True)
                     if result.ok}
@@ -173,12 +164,43 @@ class Sender:
                 run.delivered = not run.busy and not any(
                     f.channel == job.channel for f in run.failures)
 
+    async def _send_all(self, sends: list[tuple[_Job, Delivery]],
+                        called: set[DeliveryKey]) -> list[SendResult]:
+        """Call each leg's provider, at most ``concurrency`` calls at a time. Once a call
+        raises (or this is cancelled), no other starts, and the calls in flight end before the
+        exception goes on: ``called`` then holds every leg whose provider was called."""
+        traced = tracing.enabled()
+        outcomes: list[SendResult | None] = [None] * len(sends)
+        pending = iter(enumerate(sends))
+        broken = False
+
+        async def sender() -> None:  # one of at most `concurrency`, taking legs in turn
+            nonlocal broken
+            for index, (job, leg) in pending:
+                if broken:
+                    return
+                try:
+                    outcomes[index] = await self._send(job, leg, traced, called)
+                except BaseException:
+                    broken = True
+                    raise
+
+        tasks = [asyncio.create_task(sender()) for _ in range(min(self.concurrency, len(sends)))]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            broken = True
+            await asyncio.wait(tasks)
+            raise
+        return [r for r in outcomes if r is not None]
+
     async def _send(self, job: _Job, leg: Delivery, traced: bool,
-                    called: set[int]) -> SendResult:
+                    called: set[DeliveryKey]) -> SendResult:
         # What the provider logs names the message (the sender task's own context).
         trace = trace_of(job.run.item.message)
         current_trace.set(trace)
-        called.add(id(leg))  # from here its outcome may be unknown
+        # From here its outcome may be unknown.
+        called.add((job.run.dispatch.message_id, job.channel, leg.address))
         if not traced:
             return await guarded(job.provider, leg)
         with tracing.span(f"tidings.send {job.channel}", trace, {

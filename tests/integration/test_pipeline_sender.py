@@ -1,0 +1,143 @@
+"""The deliver step's claims against a real PostgreSQL when a batch breaks half-way: no leg is
+sent after its claim was given back, and none claimed is left 'sending' with nobody to send it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tidings.direct import DirectPool
+from tidings.message import Envelope, Message, Priority, now_ms
+from tidings.notification import Content, Notification, Recipient
+from tidings.pipelines.graph import Item
+from tidings.pipelines.intents import CLAIMED, Intents
+from tidings.pipelines.ledger import LedgerError, LedgerWriter, MessageRecord
+from tidings.pipelines.notifications import Dispatch, Tally
+from tidings.pipelines.sending import Sender
+from tidings.retry import RetryPolicy
+from tidings.sinks.base import Delivery, SendResult
+from tidings.tables import deliveries
+
+pytestmark = [pytest.mark.postgres]
+
+
+async def _messages(direct: DirectPool, *ids: str) -> None:
+    writer = LedgerWriter(direct)
+    await writer.claim_idempotency_keys([
+        MessageRecord(i, "notifications", {"id": i}, tenant="t1", type="order.shipped")
+        for i in ids])
+    await writer.aclose()
+
+
+def _item(message_id: str) -> Item:
+    content = Content(body="hi")
+    n = Notification(type="order.shipped", channels=["email"], content=content,
+                     recipient=Recipient(user_id="u1", email=f"{message_id}@example.com"))
+    d = Dispatch(message_id=message_id, notification=n, channels=("email",), mode="fanout",
+                 contents={"email": content}, accepted_ms=now_ms())
+    return Item(Message(d, Envelope(id=message_id), "0-1", 0), d, None, Priority.NORMAL)
+
+
+class Breaking:
+    """Raises out of the call for m1 after a moment (a client library's inner task cancelled
+    under it), is slow for m2, accepts the rest; counts each address's calls."""
+
+    name, channel = "breaking", "email"
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        self.calls[delivery.address] += 1
+        if delivery.address.startswith("m1@"):
+            await asyncio.sleep(0.05)
+            raise asyncio.CancelledError
+        if delivery.address.startswith("m2@"):
+            await asyncio.sleep(0.3)
+        return SendResult(self.name, "email", delivery.address, delivery.idempotency_key,
+                          0.0, 1.0, provider_message_id="pm")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _states(engine: AsyncEngine) -> dict[str, str]:
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(deliveries.c.message_id, deliveries.c.state))).all()
+    return {message_id: state for message_id, state in rows}
+
+
+@pytest.fixture
+async def ledger(direct: DirectPool) -> Any:
+    writer = LedgerWriter(direct, max_batch=500, max_delay_ms=20)
+    yield writer
+    await writer.aclose()
+
+
+async def test_once_a_provider_call_breaks_no_other_starts_and_the_unsent_are_given_back(
+    engine: AsyncEngine, direct: DirectPool, ledger: LedgerWriter
+) -> None:
+    await _messages(direct, "m1", "m2", "m3")
+    provider = Breaking()
+    sender = Sender(ledger, Intents(direct, stale_after_s=0), {"email": provider},
+                    lambda _d: RetryPolicy(), concurrency=2)
+
+    with pytest.raises(asyncio.CancelledError):
+        await sender.deliver([_item("m1"), _item("m2"), _item("m3")], Tally())
+
+    await asyncio.sleep(0.4)  # a sender left running would have taken m3 by now
+    # m2's call was in flight and ended; m3's never started, and its claim was given back.
+    assert provider.calls == {"m1@example.com": 1, "m2@example.com": 1}
+    assert await _states(engine) == {"m1": "sending", "m2": "sending", "m3": "failed"}
+    await sender.deliver([_item("m3")], Tally())
+    assert provider.calls["m3@example.com"] == 1
+
+
+async def test_legs_claimed_when_recording_another_leg_fails_are_given_back(
+    engine: AsyncEngine, direct: DirectPool
+) -> None:
+    class DownLedger(LedgerWriter):  # a flush failing while PostgreSQL restarts
+        async def record_delivery(self, *args: Any, **kwargs: Any) -> None:
+            raise LedgerError("flush failed: connection lost", rows=1, retained=True)
+
+    await _messages(direct, "m1", "m3")
+    # m1's leg is a stale 'sending' row (a worker died mid-send): settling it records it.
+    await Intents(direct, stale_after_s=0).claim([("m1", "email", "m1@example.com")])
+    provider = Breaking()
+    sender = Sender(DownLedger(direct), Intents(direct, stale_after_s=0), {"email": provider},
+                    lambda _d: RetryPolicy())
+
+    with pytest.raises(LedgerError):
+        await sender.deliver([_item("m1"), _item("m3")], Tally())
+
+    assert provider.calls == {}
+    assert (await _states(engine)) == {"m1": "sending", "m3": "failed"}
+
+
+async def test_a_leg_given_twice_to_one_claim_keeps_its_remembered_token(
+    direct: DirectPool
+) -> None:
+    class LostReply(DirectPool):
+        def __init__(self) -> None:
+            pass
+
+        async def fetch(self, statement: Any, params: Any) -> list[Any]:
+            await direct.fetch(statement, params)
+            raise ConnectionResetError("reply lost")
+
+    await _messages(direct, "m1")
+    leg = ("m1", "email", "m1@example.com")
+    intents = Intents(direct, stale_after_s=0)
+    intents._direct = LostReply()
+    with pytest.raises(ConnectionResetError):
+        await intents.claim([leg])
+    intents._direct = direct
+
+    found = await intents.claim([leg, leg])  # the message read twice in one batch
+
+    assert found[leg].state == CLAIMED
