@@ -704,6 +704,21 @@ async def test_a_release_that_failed_leaves_the_leg_to_its_worker_and_no_other(
     assert again.token == claim.token
 
 
+async def test_a_worker_that_stops_gives_back_the_legs_it_could_not_be_sure_of(
+    engine: AsyncEngine, writer: LedgerWriter, direct: DirectPool
+) -> None:
+    await writer.claim_idempotency_keys([_message("m1")])
+    leg = ("m1", "email", "a@example.com")
+    stopping = Intents(direct, stale_after_s=0)
+    await _lose_the_reply(stopping, direct, lambda: stopping.claim([leg]))
+
+    assert await stopping.give_back() == 1
+
+    assert (await Intents(direct, stale_after_s=0).claim([leg]))[leg].state == CLAIMED, (
+        "the next owner claims it: not an outcome unknown")
+    assert await stopping.give_back() == 0, "nothing left to give back"
+
+
 async def test_a_release_gives_back_only_the_legs_its_claim_still_holds(
     engine: AsyncEngine, writer: LedgerWriter, direct: DirectPool
 ) -> None:

@@ -9,8 +9,8 @@ Each claim carries a token, stored on the rows it moves. When a claim's reply is
 database restarted, the connection broke, the call was cancelled), its rows may be 'sending'
 though no provider was called. The worker keeps the tokens of those legs and claims them again
 with the same token: a 'sending' row holding it is still ours. So is a row whose release failed.
-A different worker cannot tell such a row from a crashed send, and leaves it an outcome unknown
-(so do the tokens of a claim cancelled at the shutdown deadline: they leave with the process).
+A different worker cannot tell such a row from a crashed send, and leaves it an outcome unknown;
+so a worker that stops gives back the legs it remembers (:meth:`Intents.give_back`).
 """
 
 from __future__ import annotations
@@ -127,6 +127,14 @@ class Intents:
             raise
         for leg in tokens:
             self._unsure.pop(leg, None)
+
+    async def give_back(self) -> int:
+        """Release every leg this worker remembers as claimed and not sent (see the module
+        docstring), before it stops: the next owner of their messages can then claim them,
+        where it would otherwise find them 'sending', an outcome unknown. Returns how many."""
+        tokens = dict(self._unsure)
+        await self.release(tokens)
+        return len(tokens)
 
     async def supersede(self, channels: Sequence[tuple[str, str]]) -> None:
         """End the 'failed' legs of (message, channel)s a fallback chain no longer needs."""

@@ -233,6 +233,12 @@ class NotificationPipeline:
         if services is None:
             return
         try:
+            try:  # before the pool closes: legs claimed and never sent go to the next owner
+                await services.sender.intents.give_back()
+            except Exception as exc:
+                log.error("could not give back the delivery legs this worker claimed and did"
+                          " not send (%s: %s); another worker will take them for an outcome"
+                          " unknown", type(exc).__name__, exc)
             await services.ledger.aclose()
         finally:
             try:
