@@ -11,17 +11,19 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tidings import App, Settings
 from tidings.direct import DirectPool
 from tidings.message import Envelope, Message, Priority, now_ms
-from tidings.notification import Content, Notification, Recipient
+from tidings.notification import Channel, Content, Notification, Recipient
 from tidings.pipelines.graph import Item
 from tidings.pipelines.intents import CLAIMED, Intents
 from tidings.pipelines.ledger import LedgerError, LedgerWriter, MessageRecord
-from tidings.pipelines.notifications import Dispatch, Tally
+from tidings.pipelines.notifications import Dispatch, NotificationPipeline, Tally
 from tidings.pipelines.sending import Sender
 from tidings.retry import RetryPolicy
-from tidings.sinks.base import Delivery, SendResult
+from tidings.sinks.base import Delivery, Provider, SendResult
 from tidings.tables import deliveries
+from tidings.testing import running
 
 pytestmark = [pytest.mark.postgres]
 
@@ -91,11 +93,39 @@ async def test_once_a_provider_call_breaks_no_other_starts_and_the_unsent_are_gi
         await sender.deliver([_item("m1"), _item("m2"), _item("m3")], Tally())
 
     await asyncio.sleep(0.4)  # a sender left running would have taken m3 by now
-    # m2's call was in flight and ended; m3's never started, and its claim was given back.
+    await ledger.flush()
+    # m2's call was in flight: it ended and was recorded. m3's never started, and its claim
+    # was given back. m1's outcome is unknown: it stays 'sending'.
     assert provider.calls == {"m1@example.com": 1, "m2@example.com": 1}
-    assert await _states(engine) == {"m1": "sending", "m2": "sending", "m3": "failed"}
+    assert await _states(engine) == {"m1": "sending", "m2": "sent", "m3": "failed"}
     await sender.deliver([_item("m3")], Tally())
     assert provider.calls["m3@example.com"] == 1
+
+
+async def test_a_wave_cancelled_records_the_calls_that_ended_and_gives_back_the_rest(
+    engine: AsyncEngine, direct: DirectPool, ledger: LedgerWriter
+) -> None:
+    class Slow(Breaking):  # m1 at once, m2 slowly, m3 never reached (one call at a time)
+        async def send(self, delivery: Delivery) -> SendResult:
+            self.calls[delivery.address] += 1
+            if delivery.address.startswith("m2@"):
+                await asyncio.sleep(5)
+            return SendResult(self.name, "email", delivery.address, delivery.idempotency_key,
+                              0.0, 1.0, provider_message_id="pm")
+
+    await _messages(direct, "m1", "m2", "m3")
+    sender = Sender(ledger, Intents(direct, stale_after_s=0), {"email": Slow()},
+                    lambda _d: RetryPolicy(), concurrency=1)
+    delivering = asyncio.create_task(
+        sender.deliver([_item("m1"), _item("m2"), _item("m3")], Tally()))
+    await asyncio.sleep(0.3)
+
+    delivering.cancel()  # the shutdown deadline
+    await asyncio.gather(delivering, return_exceptions=True)
+    await ledger.flush()
+
+    # m1 was sent and is recorded so: not left 'sending', to be taken for an outcome unknown.
+    assert await _states(engine) == {"m1": "sent", "m2": "sending", "m3": "failed"}
 
 
 async def test_legs_claimed_when_recording_another_leg_fails_are_given_back(
@@ -122,18 +152,10 @@ async def test_legs_claimed_when_recording_another_leg_fails_are_given_back(
 async def test_a_leg_given_twice_to_one_claim_keeps_its_remembered_token(
     direct: DirectPool
 ) -> None:
-    class LostReply(DirectPool):
-        def __init__(self) -> None:
-            pass
-
-        async def fetch(self, statement: Any, params: Any) -> list[Any]:
-            await direct.fetch(statement, params)
-            raise ConnectionResetError("reply lost")
-
     await _messages(direct, "m1")
     leg = ("m1", "email", "m1@example.com")
     intents = Intents(direct, stale_after_s=0)
-    intents._direct = LostReply()
+    intents._direct = LostReply(direct)
     with pytest.raises(ConnectionResetError):
         await intents.claim([leg])
     intents._direct = direct
@@ -141,3 +163,88 @@ async def test_a_leg_given_twice_to_one_claim_keeps_its_remembered_token(
     found = await intents.claim([leg, leg])  # the message read twice in one batch
 
     assert found[leg].state == CLAIMED
+
+
+class LostReply(DirectPool):
+    """Runs each query, then loses its reply, as a connection broken by a database restart
+    does after the commit."""
+
+    def __init__(self, real: DirectPool) -> None:
+        self._real = real
+
+    async def fetch(self, statement: Any, params: Any) -> list[Any]:
+        await self._real.fetch(statement, params)
+        raise ConnectionResetError("reply lost")
+
+
+class SlowPool(DirectPool):
+    """Runs each statement after a pause, as a database under load does."""
+
+    def __init__(self, real: DirectPool) -> None:
+        self._real = real
+
+    async def fetch(self, statement: Any, params: Any) -> list[Any]:
+        return await self._real.fetch(statement, params)
+
+    async def execute(self, statement: Any, params: Any) -> None:
+        await asyncio.sleep(0.3)
+        await self._real.execute(statement, params)
+
+
+async def test_give_back_waits_for_a_release_whose_caller_was_cancelled(
+    engine: AsyncEngine, direct: DirectPool
+) -> None:
+    await _messages(direct, "m1")
+    leg = ("m1", "email", "m1@example.com")
+    intents = Intents(SlowPool(direct))
+    token = (await intents.claim([leg]))[leg].token
+    assert token is not None
+    releasing = asyncio.create_task(intents.release({leg: token}))
+    await asyncio.sleep(0.05)
+    releasing.cancel()  # a second cancellation of a wave that was giving its legs back
+
+    await intents.give_back()
+
+    assert await _states(engine) == {"m1": "failed"}
+
+
+async def test_give_back_leaves_alone_a_leg_claimed_again_meanwhile(
+    engine: AsyncEngine, direct: DirectPool
+) -> None:
+    await _messages(direct, "m1")
+    leg = ("m1", "email", "m1@example.com")
+    intents = Intents(direct, stale_after_s=0)
+    intents._direct = LostReply(direct)
+    with pytest.raises(ConnectionResetError):
+        await intents.claim([leg])
+    intents._direct = SlowPool(direct)  # the release is slow: the claim runs first
+
+    _, claimed = await asyncio.gather(intents.give_back(), intents.claim([leg]))
+
+    # Whichever statement ran first, the claim never finds the leg its own while the release
+    # gives it back under it (that would let it be sent, and then claimed and sent again).
+    outcome = (claimed[leg].state, (await _states(engine))["m1"])
+    assert outcome in {(CLAIMED, "sending"), ("sending", "failed")}, outcome
+
+
+async def test_a_pipeline_that_stops_gives_back_the_legs_its_worker_could_not_be_sure_of(
+    engine: AsyncEngine, database_url: str, schema_name: str
+) -> None:
+    async def providers(_app: object) -> dict[Channel, Provider]:
+        return {"email": Breaking()}
+
+    settings = Settings(namespace="test", block_ms=50, database_url=database_url,
+                        database_schema=schema_name)
+    pipeline = NotificationPipeline(App("stopping"), providers=providers)
+    leg = ("m1", "email", "m1@example.com")
+    async with running(pipeline.app, settings, database=True):
+        services = pipeline.services
+        await _messages(services.direct, "m1")
+        intents = services.sender.intents
+        intents._direct = LostReply(services.direct)
+        with pytest.raises(ConnectionResetError):
+            await intents.claim([leg])
+        intents._direct = services.direct
+        assert await _states(engine) == {"m1": "sending"}
+
+    assert await _states(engine) == {"m1": "failed"}, "given back as it stopped"

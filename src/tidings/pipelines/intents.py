@@ -15,6 +15,7 @@ so a worker that stops gives back the legs it remembers (:meth:`Intents.give_bac
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -104,6 +105,7 @@ class Intents:
         self._stale_s = stale_after_s
         # leg → the token of a claim (or release) of this worker whose outcome is unknown.
         self._unsure: OrderedDict[DeliveryKey, str] = OrderedDict()
+        self._releasing: set[asyncio.Task[None]] = set()
 
     def _remember(self, tokens: Mapping[DeliveryKey, str]) -> None:
         for leg, token in tokens.items():
@@ -115,9 +117,26 @@ class Intents:
     async def release(self, tokens: Mapping[DeliveryKey, str]) -> None:
         """Give back claimed legs (each with its claim's token) whose provider was never called
         (the batch was interrupted): they are retried like a failure, not mistaken later for
-        an outcome unknown."""
+        an outcome unknown.
+
+        The release runs on even if its caller is cancelled (the shutdown deadline), and
+        :meth:`give_back` waits for it."""
         if not tokens:
             return
+        for leg, token in tokens.items():  # given back now, or remembered again if it fails
+            if self._unsure.get(leg) == token:  # (before any await: no claim may take it)
+                del self._unsure[leg]
+        task = asyncio.create_task(self._release(dict(tokens)))
+        self._releasing.add(task)
+        task.add_done_callback(self._released)
+        await asyncio.shield(task)
+
+    def _released(self, task: asyncio.Task[None]) -> None:
+        self._releasing.discard(task)
+        if not task.cancelled():
+            task.exception()  # seen here: its caller may be gone (its legs are remembered)
+
+    async def _release(self, tokens: dict[DeliveryKey, str]) -> None:
         try:
             await self._direct.execute(_RELEASE, {"legs": json_param(
                 [{"message_id": m, "channel": c, "recipient": r, "token": token}
@@ -125,13 +144,13 @@ class Intents:
         except BaseException:  # still ours, and known unsent: the next claim takes them
             self._remember(tokens)
             raise
-        for leg in tokens:
-            self._unsure.pop(leg, None)
 
     async def give_back(self) -> int:
         """Release every leg this worker remembers as claimed and not sent (see the module
-        docstring), before it stops: the next owner of their messages can then claim them,
-        where it would otherwise find them 'sending', an outcome unknown. Returns how many."""
+        docstring), once the releases under way have ended, before it stops: the next owner
+        of their messages can then claim them, where it would otherwise find them 'sending',
+        an outcome unknown. Returns how many were released now."""
+        await asyncio.gather(*self._releasing, return_exceptions=True)
         tokens = dict(self._unsure)
         await self.release(tokens)
         return len(tokens)

@@ -11,6 +11,7 @@ the legs are marked dead in the ledger and the message goes to the dead letters.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,8 @@ from tidings.sinks.orchestration import guarded
 
 if TYPE_CHECKING:
     from tidings.pipelines.notifications import Dispatch, Tally
+
+log = logging.getLogger("tidings.sending")
 
 BREAKER_OPEN = "breaker_open"
 OUTCOME_UNKNOWN = "outcome_unknown"
@@ -141,18 +144,20 @@ class Sender:
             [(j.run.dispatch.message_id, j.channel, leg.address) for j in jobs for leg in j.legs]
         )
         called: set[DeliveryKey] = set()
+        sends: list[tuple[_Job, Delivery]] = []
+        outcomes: list[SendResult | None] = []
         try:
-            sends: list[tuple[_Job, Delivery]] = []
             for job in jobs:
                 sends += await self._triage(job, claims, tally)
             sends = _once(sends)
-            results = await self._send_all(sends, called)
-        except BaseException:  # cancelled (shutdown deadline) or broken: free the legs
-            # claimed and not sent; those whose release fails, this worker claims back.
-            await asyncio.shield(self.intents.release({
+            outcomes = [None] * len(sends)
+            await self._send_all(sends, outcomes, called)
+        except BaseException:  # cancelled (shutdown deadline) or broken
+            await self._abandon(list(zip(sends, outcomes, strict=False)), {
                 key: claim.token for key, claim in claims.items()
-                if claim.token is not None and key not in called}))
+                if claim.token is not None and key not in called}, tally)
             raise
+        results = [r for r in outcomes if r is not None]
         await self._record_all(sends, results, tally)
         sent_now = {id(job) for (job, _), result in zip(sends, results, strict=True)
                     if result.ok}
@@ -165,12 +170,12 @@ class Sender:
                     f.channel == job.channel for f in run.failures)
 
     async def _send_all(self, sends: list[tuple[_Job, Delivery]],
-                        called: set[DeliveryKey]) -> list[SendResult]:
-        """Call each leg's provider, at most ``concurrency`` calls at a time. Once a call
-        raises (or this is cancelled), no other starts, and the calls in flight end before the
-        exception goes on: ``called`` then holds every leg whose provider was called."""
+                        outcomes: list[SendResult | None], called: set[DeliveryKey]) -> None:
+        """Call each leg's provider, at most ``concurrency`` calls at a time, and put what each
+        returned in ``outcomes``. Once a call raises (or this is cancelled), no other starts,
+        and the calls in flight end before the exception goes on: ``called`` then holds every
+        leg whose provider was called, ``outcomes`` what each call that ended returned."""
         traced = tracing.enabled()
-        outcomes: list[SendResult | None] = [None] * len(sends)
         pending = iter(enumerate(sends))
         broken = False
 
@@ -192,7 +197,24 @@ class Sender:
             broken = True
             await asyncio.wait(tasks)
             raise
-        return [r for r in outcomes if r is not None]
+
+    async def _abandon(self, known: list[tuple[tuple[_Job, Delivery], SendResult | None]],
+                       unsent: dict[DeliveryKey, str], tally: Tally) -> None:
+        """After a wave broke: record what the calls that ended returned (a leg sent and left
+        'sending' would be taken for an outcome unknown later) — but not a failure after which
+        the message may have arrived, which is one — and give back the legs claimed and never
+        called (their tokens in ``unsent``)."""
+        ended = [(send, result) for send, result in known if result is not None
+                 and not (result.failure is not None and result.failure.maybe_delivered)]
+        try:
+            if ended:
+                await asyncio.shield(self._record_all(
+                    [send for send, _ in ended], [result for _, result in ended], tally))
+        except Exception as exc:  # the rows stay buffered for a later flush
+            log.error("could not record %d delivery outcomes of a broken batch (%s: %s)",
+                      len(ended), type(exc).__name__, exc)
+        finally:
+            await self.intents.release(unsent)
 
     async def _send(self, job: _Job, leg: Delivery, traced: bool,
                     called: set[DeliveryKey]) -> SendResult:
