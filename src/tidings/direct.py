@@ -67,8 +67,14 @@ def json_param(value: Any) -> str:
 
 def transient(exc: BaseException) -> bool:
     """Whether ``exc`` says the database could not be reached or went away (worth retrying),
-    rather than that it refused the statement."""
+    rather than that it refused the statement.
+
+    asyncpg's InternalClientError is one: a connection whose session the server ended mid-call
+    (a restart) can be left believing a call is still in progress, and says so ("cannot
+    switch to state 12; another operation (2) is in progress") for what is sent on it next.
+    Taken for a refusal, it had a ledger row dropped as if the database had rejected it."""
     return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError
+                      | asyncpg.InternalClientError
                       | asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError
                       | asyncpg.AdminShutdownError | asyncpg.CrashShutdownError
                       | asyncpg.TooManyConnectionsError)
@@ -114,13 +120,23 @@ class DirectPool:
     async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> list[Any]:
         """Run one statement on its own (autocommit) and return its rows."""
         pool = await self._get()
-        rows: list[Any] = await pool.fetch(statement.sql, *statement.bind(params))
+        async with pool.acquire() as connection:
+            try:
+                rows: list[Any] = await connection.fetch(statement.sql, *statement.bind(params))
+            except asyncpg.InternalClientError:
+                connection.terminate()  # see transient(): the pool opens a new one
+                raise
         return rows
 
     async def execute(self, statement: Statement, params: Mapping[str, Any]) -> None:
         """Run one statement on its own (autocommit)."""
         pool = await self._get()
-        await pool.execute(statement.sql, *statement.bind(params))
+        async with pool.acquire() as connection:
+            try:
+                await connection.execute(statement.sql, *statement.bind(params))
+            except asyncpg.InternalClientError:
+                connection.terminate()
+                raise
 
     async def aclose(self) -> None:
         """Close every connection; the pool takes no more work."""

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -734,6 +735,36 @@ async def test_a_release_gives_back_only_the_legs_its_claim_still_holds(
         states = dict((await conn.execute(
             select(deliveries.c.channel, deliveries.c.state))).all())
     assert states == {"email": "failed", "sms": "sending"}
+
+
+async def test_a_connection_left_in_a_broken_state_by_a_restart_drops_no_row(
+    engine: AsyncEngine, direct: DirectPool
+) -> None:
+    # What asyncpg raised for a connection whose session a PostgreSQL restart ended mid-call:
+    # taken for the database refusing the row, the row was dropped (a 'sent' leg then stayed
+    # 'sending' and was dead-lettered as an outcome unknown).
+    class BrokenOnce(DirectPool):
+        def __init__(self) -> None:
+            self.broken = True
+
+        async def fetch(self, statement: Any, params: Any) -> list[Any]:
+            return await direct.fetch(statement, params)
+
+        async def execute(self, statement: Any, params: Any) -> None:
+            if self.broken:
+                self.broken = False
+                raise asyncpg.InternalClientError(
+                    "cannot switch to state 12; another operation (2) is in progress")
+            await direct.execute(statement, params)
+
+    writer = LedgerWriter(BrokenOnce(), max_delay_ms=10_000)
+    await writer.claim_idempotency_keys([_message("m1")])
+    await writer.record_delivery("m1", "email", "a@example.com", "sent", provider="smtp")
+
+    await writer.flush()
+    await writer.aclose()
+
+    assert [row.state for row in await _deliveries(engine)] == ["sent"]
 
 
 async def test_a_provider_reply_holding_a_nul_is_stored_not_refused(
