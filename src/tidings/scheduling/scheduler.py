@@ -18,11 +18,12 @@ from datetime import datetime, timedelta
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import text
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.app import App
 from tidings.connections import open_database
+from tidings.direct import transient
 from tidings.migrate import check_current, upgrade
 from tidings.observability.scheduling import SchedulerMetrics
 from tidings.scheduling.relay import Checkpoint, Relay
@@ -39,6 +40,18 @@ _UNTIL_DUE = text(
 _TRANSIENT = (
     OSError, OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError,
 )
+
+
+def hiccup(exc: BaseException) -> bool:
+    """Whether ``exc`` is a database or Redis hiccup (logged and retried), not a bug.
+
+    SQLAlchemy reports asyncpg's InternalClientError — a connection whose session a restart
+    ended mid-call — as an InternalError; its cause says what it is (tidings.direct)."""
+    if isinstance(exc, _TRANSIENT):
+        return True
+    return isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or (exc.orig is not None and transient(exc.orig.__cause__
+                                                                         or exc.orig)))
 
 
 class Scheduler:
@@ -113,7 +126,9 @@ class Scheduler:
                 if result.claimed >= self.batch:
                     continue  # more is due right now
                 delay = await self.seconds_until_due()
-            except _TRANSIENT as exc:
+            except Exception as exc:
+                if not hiccup(exc):
+                    raise
                 log.warning("scheduler %s: %s; retrying", self.name, exc)
                 delay = self.poll_s
             with contextlib.suppress(TimeoutError):
