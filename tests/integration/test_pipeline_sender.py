@@ -155,10 +155,7 @@ async def test_a_leg_given_twice_to_one_claim_keeps_its_remembered_token(
     await _messages(direct, "m1")
     leg = ("m1", "email", "m1@example.com")
     intents = Intents(direct, stale_after_s=0)
-    intents._direct = LostReply(direct)
-    with pytest.raises(ConnectionResetError):
-        await intents.claim([leg])
-    intents._direct = direct
+    await _lose_a_claim(intents, direct, leg)
 
     found = await intents.claim([leg, leg])  # the message read twice in one batch
 
@@ -175,6 +172,15 @@ class LostReply(DirectPool):
     async def fetch(self, statement: Any, params: Any) -> list[Any]:
         await self._real.fetch(statement, params)
         raise ConnectionResetError("reply lost")
+
+
+async def _lose_a_claim(intents: Intents, real: DirectPool, leg: tuple[str, str, str]) -> None:
+    """Claim ``leg`` with the reply lost: the leg is 'sending' with nobody's provider called,
+    and ``intents`` remembers the claim's token."""
+    intents._direct = LostReply(real)
+    with pytest.raises(ConnectionResetError):
+        await intents.claim([leg])
+    intents._direct = real
 
 
 class SlowPool(DirectPool):
@@ -214,9 +220,7 @@ async def test_give_back_leaves_alone_a_leg_claimed_again_meanwhile(
     await _messages(direct, "m1")
     leg = ("m1", "email", "m1@example.com")
     intents = Intents(direct, stale_after_s=0)
-    intents._direct = LostReply(direct)
-    with pytest.raises(ConnectionResetError):
-        await intents.claim([leg])
+    await _lose_a_claim(intents, direct, leg)
     intents._direct = SlowPool(direct)  # the release is slow: the claim runs first
 
     _, claimed = await asyncio.gather(intents.give_back(), intents.claim([leg]))
@@ -240,11 +244,7 @@ async def test_a_pipeline_that_stops_gives_back_the_legs_its_worker_could_not_be
     async with running(pipeline.app, settings, database=True):
         services = pipeline.services
         await _messages(services.direct, "m1")
-        intents = services.sender.intents
-        intents._direct = LostReply(services.direct)
-        with pytest.raises(ConnectionResetError):
-            await intents.claim([leg])
-        intents._direct = services.direct
+        await _lose_a_claim(services.sender.intents, services.direct, leg)
         assert await _states(engine) == {"m1": "sending"}
 
     assert await _states(engine) == {"m1": "failed"}, "given back as it stopped"
