@@ -720,6 +720,26 @@ async def test_a_worker_that_stops_gives_back_the_legs_it_could_not_be_sure_of(
     assert await stopping.give_back() == 0, "nothing left to give back"
 
 
+async def test_a_leg_recorded_out_of_sending_keeps_no_claim_token(
+    engine: AsyncEngine, writer: LedgerWriter, direct: DirectPool
+) -> None:
+    # Else a worker that remembers the token (its claim's reply was lost) could take back a
+    # row that has moved on, e.g. one an older worker, whose claims set no token, is sending.
+    await writer.claim_idempotency_keys([_message("m1")])
+    leg = ("m1", "email", "a@example.com")
+    assert (await Intents(direct).claim([leg]))[leg].token is not None
+    await writer.record_delivery("m1", "email", "a@example.com", "accepted")
+    await writer.flush()
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(deliveries.c.claim_token))).scalar_one() is not None
+
+    await writer.record_delivery("m1", "email", "a@example.com", "failed", error="HTTP 503")
+    await writer.flush()
+
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(deliveries.c.claim_token))).scalar_one() is None
+
+
 async def test_a_release_gives_back_only_the_legs_its_claim_still_holds(
     engine: AsyncEngine, writer: LedgerWriter, direct: DirectPool
 ) -> None:

@@ -166,6 +166,8 @@ WITH guard AS (
     WHERE EXISTS (SELECT FROM guard)
     ON CONFLICT (message_id, channel, recipient) DO UPDATE SET
         state = CASE WHEN excluded.state = 'accepted' THEN d.state ELSE excluded.state END,
+        -- out of 'sending': no claim token may take it back (see pipelines.intents)
+        claim_token = CASE WHEN excluded.state = 'accepted' THEN d.claim_token END,
         attempts = d.attempts + excluded.attempts,
         provider = coalesce(excluded.provider, d.provider),
         provider_message_id = coalesce(excluded.provider_message_id, d.provider_message_id),
