@@ -16,8 +16,9 @@ element asyncpg type-checks on the way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,26 +118,29 @@ class DirectPool:
                 )
             return self._pool
 
-    async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> list[Any]:
-        """Run one statement on its own (autocommit) and return its rows."""
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; one left broken by a server that ended its session mid-call
+        (see :func:`transient`) is closed, so the pool opens a new one instead of handing it
+        out again."""
         pool = await self._get()
         async with pool.acquire() as connection:
             try:
-                rows: list[Any] = await connection.fetch(statement.sql, *statement.bind(params))
+                yield connection
             except asyncpg.InternalClientError:
-                connection.terminate()  # see transient(): the pool opens a new one
+                connection.terminate()
                 raise
+
+    async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> list[Any]:
+        """Run one statement on its own (autocommit) and return its rows."""
+        async with self._connection() as connection:
+            rows: list[Any] = await connection.fetch(statement.sql, *statement.bind(params))
         return rows
 
     async def execute(self, statement: Statement, params: Mapping[str, Any]) -> None:
         """Run one statement on its own (autocommit)."""
-        pool = await self._get()
-        async with pool.acquire() as connection:
-            try:
-                await connection.execute(statement.sql, *statement.bind(params))
-            except asyncpg.InternalClientError:
-                connection.terminate()
-                raise
+        async with self._connection() as connection:
+            await connection.execute(statement.sql, *statement.bind(params))
 
     async def aclose(self) -> None:
         """Close every connection; the pool takes no more work."""

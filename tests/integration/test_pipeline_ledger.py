@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -14,6 +14,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from faulty_pools import lose_the_reply
 from tidings.direct import DirectPool
 from tidings.notification import Notification
 from tidings.pipelines.intents import BUSY, CLAIMED, Claim, Intents
@@ -623,30 +624,6 @@ async def test_a_claim_whose_caller_is_cancelled_in_flight_leaves_no_leg_sending
     assert (await intents.claim([leg]))[leg].state == CLAIMED
 
 
-class LostReplies(DirectPool):
-    """Runs each statement, then loses its reply, as a connection broken by a database
-    restart does after the commit."""
-
-    def __init__(self, direct: DirectPool) -> None:
-        self._real = direct
-
-    async def fetch(self, statement: Any, params: Any) -> list[Any]:
-        await self._real.fetch(statement, params)
-        raise ConnectionResetError("connection lost before the reply")
-
-    async def execute(self, statement: Any, params: Any) -> None:
-        raise ConnectionResetError("connection lost before the statement was sent")
-
-
-async def _lose_the_reply(intents: Intents, direct: DirectPool,
-                         call: Callable[[], Awaitable[object]]) -> None:
-    """Run ``call`` on ``intents`` with the reply lost, then give it back its connection."""
-    intents._direct = LostReplies(direct)
-    with pytest.raises(ConnectionResetError):
-        await call()
-    intents._direct = direct
-
-
 async def test_a_claim_whose_reply_was_lost_is_claimed_again_by_its_worker(
     writer: LedgerWriter, direct: DirectPool
 ) -> None:
@@ -654,7 +631,7 @@ async def test_a_claim_whose_reply_was_lost_is_claimed_again_by_its_worker(
     await writer.claim_idempotency_keys([_message("m1")])
     leg = ("m1", "email", "a@example.com")
     intents = Intents(direct, stale_after_s=0)
-    await _lose_the_reply(intents, direct, lambda: intents.claim([leg]))
+    await lose_the_reply(intents, direct, lambda: intents.claim([leg]))
 
     found = await intents.claim([leg])
 
@@ -668,7 +645,7 @@ async def test_a_leg_whose_claim_reply_was_lost_stays_unknown_to_another_worker(
     await writer.claim_idempotency_keys([_message("m1")])
     leg = ("m1", "email", "a@example.com")
     lost = Intents(direct, stale_after_s=0)
-    await _lose_the_reply(lost, direct, lambda: lost.claim([leg]))
+    await lose_the_reply(lost, direct, lambda: lost.claim([leg]))
 
     other = Intents(direct, stale_after_s=0)
     assert (await other.claim([leg]))[leg].state == "sending", "it cannot know: unknown"
@@ -680,7 +657,7 @@ async def test_a_leg_left_unsure_is_claimed_once_by_two_claims_at_once(
     await writer.claim_idempotency_keys([_message("m1")])
     leg = ("m1", "email", "a@example.com")
     intents = Intents(direct)
-    await _lose_the_reply(intents, direct, lambda: intents.claim([leg]))
+    await lose_the_reply(intents, direct, lambda: intents.claim([leg]))
 
     found = await asyncio.gather(intents.claim([leg]), intents.claim([leg]))
 
@@ -697,7 +674,7 @@ async def test_a_release_that_failed_leaves_the_leg_to_its_worker_and_no_other(
     assert claim.state == CLAIMED
     assert claim.token is not None
     token = claim.token
-    await _lose_the_reply(intents, direct, lambda: intents.release({leg: token}))
+    await lose_the_reply(intents, direct, lambda: intents.release({leg: token}))
 
     assert (await Intents(direct, stale_after_s=0).claim([leg]))[leg].state == "sending"
     again = (await intents.claim([leg]))[leg]
@@ -711,7 +688,7 @@ async def test_a_worker_that_stops_gives_back_the_legs_it_could_not_be_sure_of(
     await writer.claim_idempotency_keys([_message("m1")])
     leg = ("m1", "email", "a@example.com")
     stopping = Intents(direct, stale_after_s=0)
-    await _lose_the_reply(stopping, direct, lambda: stopping.claim([leg]))
+    await lose_the_reply(stopping, direct, lambda: stopping.claim([leg]))
 
     assert await stopping.give_back() == 1
 

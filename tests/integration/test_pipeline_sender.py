@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from faulty_pools import SlowPool, lose_the_reply
 from tidings import App, Settings
 from tidings.direct import DirectPool
 from tidings.message import Envelope, Message, Priority, now_ms
@@ -155,46 +156,11 @@ async def test_a_leg_given_twice_to_one_claim_keeps_its_remembered_token(
     await _messages(direct, "m1")
     leg = ("m1", "email", "m1@example.com")
     intents = Intents(direct, stale_after_s=0)
-    await _lose_a_claim(intents, direct, leg)
+    await lose_the_reply(intents, direct, lambda: intents.claim([leg]))
 
     found = await intents.claim([leg, leg])  # the message read twice in one batch
 
     assert found[leg].state == CLAIMED
-
-
-class LostReply(DirectPool):
-    """Runs each query, then loses its reply, as a connection broken by a database restart
-    does after the commit."""
-
-    def __init__(self, real: DirectPool) -> None:
-        self._real = real
-
-    async def fetch(self, statement: Any, params: Any) -> list[Any]:
-        await self._real.fetch(statement, params)
-        raise ConnectionResetError("reply lost")
-
-
-async def _lose_a_claim(intents: Intents, real: DirectPool, leg: tuple[str, str, str]) -> None:
-    """Claim ``leg`` with the reply lost: the leg is 'sending' with nobody's provider called,
-    and ``intents`` remembers the claim's token."""
-    intents._direct = LostReply(real)
-    with pytest.raises(ConnectionResetError):
-        await intents.claim([leg])
-    intents._direct = real
-
-
-class SlowPool(DirectPool):
-    """Runs each statement after a pause, as a database under load does."""
-
-    def __init__(self, real: DirectPool) -> None:
-        self._real = real
-
-    async def fetch(self, statement: Any, params: Any) -> list[Any]:
-        return await self._real.fetch(statement, params)
-
-    async def execute(self, statement: Any, params: Any) -> None:
-        await asyncio.sleep(0.3)
-        await self._real.execute(statement, params)
 
 
 async def test_give_back_waits_for_a_release_whose_caller_was_cancelled(
@@ -220,7 +186,7 @@ async def test_give_back_leaves_alone_a_leg_claimed_again_meanwhile(
     await _messages(direct, "m1")
     leg = ("m1", "email", "m1@example.com")
     intents = Intents(direct, stale_after_s=0)
-    await _lose_a_claim(intents, direct, leg)
+    await lose_the_reply(intents, direct, lambda: intents.claim([leg]))
     intents._direct = SlowPool(direct)  # the release is slow: the claim runs first
 
     _, claimed = await asyncio.gather(intents.give_back(), intents.claim([leg]))
@@ -244,7 +210,8 @@ async def test_a_pipeline_that_stops_gives_back_the_legs_its_worker_could_not_be
     async with running(pipeline.app, settings, database=True):
         services = pipeline.services
         await _messages(services.direct, "m1")
-        await _lose_a_claim(services.sender.intents, services.direct, leg)
+        intents = services.sender.intents
+        await lose_the_reply(intents, services.direct, lambda: intents.claim([leg]))
         assert await _states(engine) == {"m1": "sending"}
 
     assert await _states(engine) == {"m1": "failed"}, "given back as it stopped"
