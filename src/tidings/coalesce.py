@@ -6,7 +6,8 @@ idempotency keys, read the preferences), so with four partitions up to four copi
 competed for the database and for the event loop, each with its own small batch. Merged, there
 is at most one of each in flight: fewer, larger statements. (Not the intent claim: a caller
 cancelled while it is in flight would leave its legs claimed, 'sending', with nobody to send
-them.)
+them. The legs a key claim takes for new messages are safe: their tokens are remembered first,
+see tidings.pipelines.intents.)
 """
 
 from __future__ import annotations

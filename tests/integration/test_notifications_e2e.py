@@ -240,6 +240,36 @@ async def test_quiet_hours_delay_a_notification_but_not_a_critical_one(world: Wo
     assert held == 1
 
 
+@pytest.mark.parametrize("inline", [frozenset(CHANNELS)])
+async def test_legs_claimed_with_their_message_and_not_sent_are_left_unclaimed(
+    world: World,
+) -> None:
+    # Inline legs are claimed with their message, before routing: opted out, delayed or not
+    # rendered, they must not stay claimed (another worker would take them for a send whose
+    # outcome is unknown), and this one must not remember them.
+    prefs = world.pipeline.services.preferences
+    await prefs.put(Preferences(user_id="u-3", tenant="default", opted_out=frozenset({"sms"})))
+    await prefs.put(Preferences(user_id="u-4", tenant="default", timezone="UTC",
+                                quiet_hours=QuietHours(start=clock(0, 0), end=clock(23, 59))))
+    await world.pipeline.services.templates.put("broken", "push", "en", body="{{ x.y }}")
+    opted_out = await world.pipeline.publish(notification(
+        channels=["email", "sms"], recipient={"user_id": "u-3", "email": "u3@example.com",
+                                              "phone": "+14155550125"}))
+    quiet = await world.pipeline.publish(notification(
+        channels=["sms"], recipient={"user_id": "u-4", "phone": "+14155550126"}))
+    broken = await world.pipeline.publish(notification(
+        channels=["push"], content=None, template="broken", data={}))
+
+    assert [s for _, _, s, _ in await world.settle(opted_out, 2)] == ["sent", "filtered"]
+    assert [s for _, _, s, _ in await world.settle(quiet, 1)] == ["delayed"]
+    assert [s for _, _, s, _ in await world.settle(broken, 1)] == ["dead"]
+    async with world.pipeline.app.engine.connect() as conn:
+        claimed = (await conn.execute(text(
+            "SELECT count(*) FROM deliveries WHERE claim_token IS NOT NULL"))).scalar()
+    assert claimed == 0
+    assert await world.pipeline.services.sender.intents.give_back() == 0
+
+
 @pytest.mark.parametrize("inline", [frozenset(), frozenset(CHANNELS)], ids=["hop", "inline"])
 async def test_a_template_that_fails_to_render_is_a_dead_leg_and_a_dead_letter(
     world: World,

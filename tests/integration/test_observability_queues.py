@@ -124,10 +124,18 @@ async def test_queues_watch_refreshes_until_interrupted(
     process = await asyncio.create_subprocess_exec(
         *argv, cwd=REPO, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
+    assert process.stdout is not None  # stdout=PIPE
+    seen = b""
     try:
-        await asyncio.sleep(3)
+        # Until the second snapshot: the CLI alone may take seconds to start on a busy machine.
+        async with asyncio.timeout(30):
+            while seen.count(b'"taken_ms"') < 2:
+                chunk = await process.stdout.read(4096)
+                if not chunk:  # it ended
+                    break
+                seen += chunk
     finally:
         process.send_signal(signal.SIGINT)
-        output, _ = await asyncio.wait_for(process.communicate(), 10)
+        rest, _ = await asyncio.wait_for(process.communicate(), 10)
 
-    assert output.decode().count('"taken_ms"') >= 2
+    assert (seen + rest).count(b'"taken_ms"') >= 2

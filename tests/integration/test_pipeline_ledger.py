@@ -18,7 +18,7 @@ from faulty_pools import lose_the_reply
 from tidings.direct import DirectPool
 from tidings.notification import Notification
 from tidings.pipelines.intents import BUSY, CLAIMED, Claim, Intents
-from tidings.pipelines.ledger import LedgerError, LedgerWriter, MessageRecord
+from tidings.pipelines.ledger import Accepted, LedgerError, LedgerWriter, MessageRecord
 from tidings.tables import deliveries, messages
 
 pytestmark = [pytest.mark.postgres]
@@ -208,21 +208,21 @@ async def test_merging_in_memory_gives_what_upserting_one_by_one_gives(
 async def test_the_same_key_published_twice_is_claimed_once(
     engine: AsyncEngine, writer: LedgerWriter
 ) -> None:
-    assert await writer.claim_idempotency_keys([_message("m1", "order-7")]) == set()
-    assert await writer.claim_idempotency_keys([_message("m2", "order-7")]) == {"m2"}
+    assert (await writer.claim_idempotency_keys([_message("m1", "order-7")])).duplicates == set()
+    assert (await writer.claim_idempotency_keys([_message("m2", "order-7")])).duplicates == {"m2"}
     assert await _count(engine, "messages") == 1
 
 
 async def test_a_key_twice_in_one_batch_keeps_the_first(writer: LedgerWriter) -> None:
     batch = [_message("m1", "k"), _message("m2", "k"), _message("m3", "other")]
 
-    assert await writer.claim_idempotency_keys(batch) == {"m2"}
+    assert (await writer.claim_idempotency_keys(batch)).duplicates == {"m2"}
 
 
 async def test_a_redelivered_message_is_not_its_own_duplicate(writer: LedgerWriter) -> None:
     await writer.claim_idempotency_keys([_message("m1", "k")])
 
-    assert await writer.claim_idempotency_keys([_message("m1", "k")]) == set()
+    assert (await writer.claim_idempotency_keys([_message("m1", "k")])).duplicates == set()
 
 
 @pytest.mark.parametrize(
@@ -243,7 +243,7 @@ async def test_keys_are_per_tenant(
 
     found = await writer.claim_idempotency_keys([_message("m2", second[1], tenant=second[0])])
 
-    assert found == ({"m2"} if duplicate else set())
+    assert found.duplicates == ({"m2"} if duplicate else set())
 
 
 async def test_concurrent_claims_of_one_key_let_exactly_one_through(
@@ -261,7 +261,7 @@ async def test_concurrent_claims_of_one_key_let_exactly_one_through(
             await w.aclose()
         await other.aclose()
 
-    assert len(results[0]) + len(results[1]) == 50
+    assert len(results[0].duplicates) + len(results[1].duplicates) == 50
     assert await _count(engine, "messages") == 50
 
 
@@ -274,7 +274,7 @@ async def test_a_notification_is_recorded_with_its_lane_tenant_and_key(
     })
     record = MessageRecord.from_notification("m1", "notifications", notification)
 
-    assert await writer.claim_idempotency_keys([record]) == set()
+    assert (await writer.claim_idempotency_keys([record])).duplicates == set()
     async with engine.connect() as conn:
         row = (await conn.execute(select(messages))).one()
     assert (row.priority, row.type, row.tenant, row.idempotency_key) == (
@@ -562,7 +562,7 @@ async def test_idempotency_claims_made_together_keep_the_first_use_of_a_key(
         writer.claim_idempotency_keys([_message("m4", key="j")]),
     )
 
-    assert found == [set(), {"m2"}, {"m4"}]
+    assert [f.duplicates for f in found] == [set(), {"m2"}, {"m4"}]
 
 
 async def test_a_leg_claimed_by_three_at_once_is_claimed_for_one_only(
@@ -593,9 +593,9 @@ async def test_a_batch_the_database_refuses_fails_only_its_own_claim(
         writer.claim_idempotency_keys([_message("m2", key="k1"), _message("m3", key="k3")]),
         return_exceptions=True)
 
-    assert found[0] == set()
+    assert found[0] == Accepted(set(), set())
     assert isinstance(found[1], LedgerError)
-    assert found[2] == {"m2"}
+    assert found[2] == Accepted({"m2"}, set())
 
 
 async def test_a_claim_whose_caller_is_cancelled_in_flight_leaves_no_leg_sending(

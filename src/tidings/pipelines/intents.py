@@ -11,14 +11,22 @@ though no provider was called. The worker keeps the tokens of those legs and cla
 with the same token: a 'sending' row holding it is still ours. So is a row whose release failed.
 A different worker cannot tell such a row from a crashed send, and leaves it an outcome unknown;
 so a worker that stops gives back the legs it remembers (:meth:`Intents.give_back`).
+
+The legs of a new message can be claimed before they are routed, by the statement that claims
+its idempotency key (a new message has no delivery rows yet), which saves the intent claim's
+round trip: :meth:`Intents.foresee` gives them tokens and remembers them, :meth:`Intents.hold`
+takes the legs that statement claimed, which :meth:`Intents.claim` then hands out without asking
+the database again. A foreseen leg that is not sent is forgotten once the ledger records what
+became of it (filtered, delayed, dead), or released (:meth:`Intents.release_held`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from tidings.direct import DirectPool, Statement, json_param
@@ -105,6 +113,9 @@ class Intents:
         self._stale_s = stale_after_s
         # leg → the token of a claim (or release) of this worker whose outcome is unknown.
         self._unsure: OrderedDict[DeliveryKey, str] = OrderedDict()
+        # Unsure legs known to be claimed (see hold), until when (time.monotonic()) that is
+        # trusted without asking: well before the row could be taken for a dead sender's.
+        self._held: dict[DeliveryKey, float] = {}
         self._releasing: set[asyncio.Task[None]] = set()
 
     def _remember(self, tokens: Mapping[DeliveryKey, str]) -> None:
@@ -112,7 +123,33 @@ class Intents:
             self._unsure[leg] = token
             self._unsure.move_to_end(leg)
         while len(self._unsure) > self.UNSURE_LIMIT:
-            self._unsure.popitem(last=False)
+            self._held.pop(self._unsure.popitem(last=False)[0], None)
+
+    def foresee(self, legs: Iterable[DeliveryKey]) -> dict[DeliveryKey, str]:
+        """Tokens for legs that a statement other than :meth:`claim` may claim; until they are
+        claimed, forgotten or released, they are remembered as unsure (a leg remembered
+        already keeps its token: its row may hold it)."""
+        fresh = uuid.uuid4().hex
+        tokens = {leg: self._unsure.get(leg, fresh) for leg in legs}
+        self._remember(tokens)
+        return tokens
+
+    def hold(self, legs: Iterable[DeliveryKey]) -> None:
+        """Foreseen legs the statement claimed: :meth:`claim` takes them without a statement."""
+        until = time.monotonic() + self._stale_s / 2
+        self._held.update((leg, until) for leg in legs if leg in self._unsure)
+
+    def forget(self, legs: Iterable[DeliveryKey]) -> None:
+        """Foreseen legs that will not be sent: the ledger records what became of them (which
+        also ends their claim), or their message was a duplicate and claimed none."""
+        for leg in legs:
+            self._unsure.pop(leg, None)
+            self._held.pop(leg, None)
+
+    async def release_held(self, legs: Iterable[DeliveryKey]) -> None:
+        """Release those of ``legs`` still held: claimed with their message, never sent."""
+        held = {leg: self._unsure[leg] for leg in legs if self._held.pop(leg, None) is not None}
+        await self.release(held)
 
     async def release(self, tokens: Mapping[DeliveryKey, str]) -> None:
         """Give back claimed legs (each with its claim's token) whose provider was never called
@@ -126,6 +163,7 @@ class Intents:
         for leg, token in tokens.items():  # given back now, or remembered again if it fails
             if self._unsure.get(leg) == token:  # (before any await: no claim may take it)
                 del self._unsure[leg]
+                self._held.pop(leg, None)
         task = asyncio.create_task(self._release(dict(tokens)))
         self._releasing.add(task)
         task.add_done_callback(self._released)
@@ -165,20 +203,29 @@ class Intents:
         """For each leg: CLAIMED (with its token), BUSY, or the state it was already in:
         'sent', 'filtered', 'dead', or 'sending' (stale: its sender died; the outcome is
         unknown), with the leg's last recorded error."""
-        if not legs:
-            return {}
-        fresh = uuid.uuid4().hex
+        result: dict[DeliveryKey, Claim] = {}
+        fresh, now = uuid.uuid4().hex, time.monotonic()
+        tokens: dict[DeliveryKey, str] = {}
         # A leg left unsure goes with its old token; it is taken out while this claim is in
-        # flight, so a concurrent claim of it cannot also find the row ours.
-        tokens = {leg: self._unsure.pop(leg, fresh) for leg in dict.fromkeys(legs)}
+        # flight, so a concurrent claim of it cannot also find the row ours. A held one is
+        # ours already.
+        for leg in dict.fromkeys(legs):
+            token = self._unsure.pop(leg, fresh)
+            if self._held.pop(leg, 0.0) > now:
+                result[leg] = Claim(CLAIMED, None, token)
+            else:
+                tokens[leg] = token
+        if not tokens:
+            return result
         params = {"legs": json_param([[*leg, token] for leg, token in tokens.items()]),
                   "stale_s": self._stale_s}
         try:
             rows = await self._direct.fetch(_CLAIM, params)  # one statement: atomic
         except BaseException:  # it may have committed: these legs may be ours, unsent
             self._remember(tokens)
+            self._remember({leg: claim.token for leg, claim in result.items()  # (all held)
+                            if claim.token is not None})
             raise
-        result: dict[DeliveryKey, Claim] = {}
         for row in rows:
             key = (row["message_id"], row["channel"], row["recipient"])
             prior = row["prior"]

@@ -35,11 +35,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from tidings.coalesce import Coalesced
 from tidings.database import storable
-from tidings.direct import DirectPool, transient
+from tidings.direct import DirectPool, json_param, transient
 from tidings.errors import TidingsError
 from tidings.message import new_id
 from tidings.pipelines.ledger_rows import (
@@ -53,6 +53,7 @@ from tidings.pipelines.ledger_rows import (
     DeliveryRow,
     DeliveryState,
     EventRow,
+    Intent,
     MessageRecord,
     claim_owners,
     message_rows,
@@ -61,7 +62,8 @@ from tidings.pipelines.ledger_rows import (
 )
 from tidings.tasks import being_cancelled
 
-__all__ = ["FINAL", "STATES", "DeliveryState", "LedgerError", "LedgerWriter", "MessageRecord"]
+__all__ = ["FINAL", "STATES", "Accepted", "DeliveryState", "Intent", "LedgerError", "LedgerWriter",
+           "MessageRecord"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -73,6 +75,16 @@ class LedgerError(TidingsError):
     def __init__(self, message: str, *, rows: int, retained: bool) -> None:
         super().__init__(message)
         self.rows, self.retained = rows, retained
+
+
+class Accepted(NamedTuple):
+    """What an idempotency claim found: the ids of the duplicates, the legs it claimed."""
+
+    duplicates: set[str]
+    claimed: set[DeliveryKey]
+
+
+_Accepting = tuple[MessageRecord, tuple[Intent, ...]]  # a message and its foreseen legs
 
 
 class _Batch:
@@ -214,47 +226,70 @@ class LedgerWriter:
         self._check()  # an earlier flush's dropped rows, reported once this row is kept
         await self._added()
 
-    async def claim_idempotency_keys(self, batch: Sequence[MessageRecord]) -> set[str]:
-        """Write ``batch`` to ``messages`` now; return the ids of the duplicates in it.
+    async def claim_idempotency_keys(
+        self, batch: Sequence[MessageRecord], legs: Sequence[Intent] = ()
+    ) -> Accepted:
+        """Write ``batch`` to ``messages`` now: which of it are duplicates, and which of
+        ``legs`` were claimed with it.
 
         A message is a duplicate when another message id already holds its (tenant,
         idempotency key) — from an earlier batch or earlier in this one. Its redelivery (same
         id) is not a duplicate: the delivery rows decide whether its legs were sent.
 
+        ``legs`` are intent claims (see pipelines.intents) of the messages' foreseen delivery
+        legs, each with its token: those of the messages written now are claimed by the same
+        statement, saving the intent claim's round trip. Any of them may be claimed even when
+        this raises (a lost reply), so the caller keeps their tokens.
+
         Batches claimed while another claim is in flight go out together once it is
         answered, in the order they came (see tidings.coalesce).
         """
         self._check()
-        return await self._claims(batch) if batch else set()
+        if not batch:
+            return Accepted(set(), set())
+        by_message: dict[str, list[Intent]] = {}
+        for leg in legs:
+            by_message.setdefault(leg.message_id, []).append(leg)
+        return await self._claims([(record, tuple(by_message.get(record.id, ())))
+                                   for record in batch])
 
-    async def _claim_together(self, calls: list[Sequence[MessageRecord]]) -> list[set[str]]:
-        duplicates = await self._claim_keys([record for batch in calls for record in batch])
-        return [{record.id for record in batch} & duplicates for batch in calls]
+    async def _claim_together(self, calls: list[Sequence[_Accepting]]) -> list[Accepted]:
+        found = await self._claim_keys([accepting for call in calls for accepting in call])
+        results = []
+        for call in calls:
+            ids = {record.id for record, _ in call}
+            results.append(Accepted(ids & found.duplicates,
+                                    {leg for leg in found.claimed if leg[0] in ids}))
+        return results
 
-    async def _claim_keys(self, batch: list[MessageRecord]) -> set[str]:
+    async def _claim_keys(self, batch: list[_Accepting]) -> Accepted:
         first: dict[Claim, str] = {}
-        unique: dict[str, MessageRecord] = {}
+        unique: dict[str, _Accepting] = {}
         duplicates: set[str] = set()
-        for record in batch:
+        for record, legs in batch:
             claim = record.claim
             if claim is not None and first.setdefault(claim, record.id) != record.id:
                 duplicates.add(record.id)
             else:
-                unique.setdefault(record.id, record)
+                unique.setdefault(record.id, (record, legs))
         if not unique:
-            return duplicates
-        records = list(unique.values())
+            return Accepted(duplicates, set())
+        records = [record for record, _ in unique.values()]
+        params = {"messages": message_rows(records), "legs": json_param(
+            [list(leg) for _, legs in unique.values() for leg in legs])}
 
-        async def insert() -> tuple[dict[str, Claim], dict[Claim, str]]:
+        async def insert() -> tuple[dict[str, Claim], dict[Claim, str], set[DeliveryKey]]:
             # Two statements, no transaction: an owner found by the second committed first.
-            rows = await self._direct.fetch(CLAIM, {"messages": message_rows(records)})
-            inserted = {row["id"] for row in rows}
+            rows = await self._direct.fetch(CLAIM, params)
+            inserted = {row["message_id"] for row in rows if row["channel"] is None}
+            claimed = {(row["message_id"], row["channel"], row["recipient"]) for row in rows
+                       if row["channel"] is not None}
             contested = {r.id: c for r in records if r.id not in inserted
                          and (c := r.claim) is not None}
-            return contested, await claim_owners(self._direct, list(contested.values()))
+            return contested, await claim_owners(self._direct, list(contested.values())), claimed
 
         try:
-            contested, owners = await self._retrying(insert)
+            contested, owners, claimed = await self._retrying(insert)
         except Exception as exc:
             raise LedgerError(
                 f"could not claim the idempotency keys of {len(records)} messages: "
@@ -264,7 +299,7 @@ class LedgerWriter:
             owner = owners.get(claim)
             if owner is not None and owner != message_id:
                 duplicates.add(message_id)
-        return duplicates
+        return Accepted(duplicates, claimed)
 
     async def flush(self) -> None:
         """Write every buffered row now; LedgerError if they could not be written."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 import orjson
 from sqlalchemy.exc import DBAPIError
@@ -23,6 +23,15 @@ COUNTED = frozenset({"sent", "failed"})
 _PRIORITIES = frozenset({"high", "normal", "low"})
 DeliveryKey = tuple[str, str, str]  # (message_id, channel, recipient)
 Claim = tuple[str, str]  # (tenant or '', idempotency key)
+
+
+class Intent(NamedTuple):
+    """A delivery leg to claim, with its token (see pipelines.intents)."""
+
+    message_id: str
+    channel: str
+    recipient: str
+    token: str
 
 
 
@@ -133,9 +142,28 @@ INSERT INTO messages (id, topic, key, priority, type, tenant, idempotency_key, p
                       trace_id, created_at)
 """ + _MESSAGE_ROWS
 
-# Which messages it wrote: the idempotency claims this batch won. (Run again, it finds its own
-# rows and their owners: safe to repeat.)
-CLAIM = Statement.parse(_INSERT_MESSAGES + "ON CONFLICT DO NOTHING RETURNING id")
+# Which messages it wrote: the idempotency claims this batch won. With them it claims the
+# delivery legs foreseen for each message it wrote — a new message has no delivery rows yet —
+# as an intent claim would (see pipelines.intents): 'sending', with the leg's token. The legs
+# come as one JSON array of [message_id, channel, recipient, token]; a row per message written
+# (channel NULL) and per leg claimed comes back. (Run again, it finds its own rows and claims no
+# leg: safe to repeat, as the caller keeps the legs' tokens.)
+CLAIM = Statement.parse("""
+WITH written AS (""" + _INSERT_MESSAGES + """
+    ON CONFLICT DO NOTHING RETURNING id
+), claimed AS (
+    INSERT INTO deliveries (message_id, channel, recipient, state, claim_token)
+    SELECT leg->>0, leg->>1, leg->>2, 'sending', leg->>3
+    FROM json_array_elements(CAST(:legs AS json)) AS leg
+    WHERE leg->>0 IN (SELECT id FROM written)
+    ORDER BY 1, 2, 3
+    ON CONFLICT DO NOTHING
+    RETURNING message_id, channel, recipient
+)
+SELECT id AS message_id, NULL AS channel, NULL AS recipient FROM written
+UNION ALL
+SELECT message_id, channel, recipient FROM claimed
+""")
 
 # One statement writes a flush — messages, delivery upserts, their events — and first claims
 # the flush's id in ledger_flushes: when the id is there already, the flush was applied before

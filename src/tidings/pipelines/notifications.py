@@ -35,8 +35,8 @@ from tidings.direct import DirectPool
 from tidings.notification import Channel, Content, Notification
 from tidings.observability.deliveries import NO_PROVIDER, PipelineMetrics
 from tidings.pipelines.graph import Item, Pipeline
-from tidings.pipelines.intents import Intents
-from tidings.pipelines.ledger import DeliveryState, LedgerWriter, MessageRecord
+from tidings.pipelines.intents import DeliveryKey, Intents
+from tidings.pipelines.ledger import DeliveryState, Intent, LedgerWriter, MessageRecord
 from tidings.pipelines.preferences import (
     Outcome,
     PreferenceLookup,
@@ -82,6 +82,12 @@ class Dispatch(BaseModel):
     mode: Literal["fanout", "fallback"]
     contents: dict[Channel, Content]
     accepted_ms: int
+
+    def legs(self) -> list[DeliveryKey]:
+        """(message id, channel, address) of each leg it may send."""
+        recipient = self.notification.recipient
+        return [(self.message_id, channel, address) for channel in self.channels
+                for address in recipient.addresses(channel)]
 
 
 ProviderFactory = Callable[[App], Awaitable[dict[Channel, Provider]]]
@@ -272,7 +278,10 @@ class NotificationPipeline:
 
     async def accept(self, items: list[Item]) -> list[Item]:
         """Write each notification to the ledger; drop a second use of an idempotency key.
-        The recipients' preferences, which ``route`` needs, are read at the same time."""
+        The recipients' preferences, which ``route`` needs, are read at the same time, and
+        the legs this stage will send itself are claimed with the notifications (see
+        :mod:`tidings.pipelines.intents`)."""
+        intents = self.services.sender.intents
         keys = [(i.value.tenant, i.value.recipient.user_id) for i in items]
         records = [
             MessageRecord.from_notification(
@@ -281,18 +290,31 @@ class NotificationPipeline:
             )
             for i in items
         ]
-        duplicates, prefs = await asyncio.gather(
-            self.services.ledger.claim_idempotency_keys(records),
+        tokens = intents.foresee(leg for i in items for leg in self._inline_legs(i))
+        accepted, prefs = await asyncio.gather(
+            self.services.ledger.claim_idempotency_keys(
+                records, [Intent(*leg, token) for leg, token in tokens.items()]),
             self.services.lookup.get_pairs(keys),
         )
+        intents.hold(accepted.claimed)
         for item, key in zip(items, keys, strict=True):
             item.attrs["preference"] = prefs.get(key)
-            if item.message.id in duplicates:
+            if item.message.id in accepted.duplicates:
+                intents.forget(self._inline_legs(item))
                 item.drop("duplicate idempotency key: already accepted once")
                 self.tally.count("*", "duplicate")
                 log.info("message %s reuses idempotency key %r of tenant %r: not sent again",
                          item.message.id, item.value.idempotency_key, item.value.tenant)
         return items
+
+    def _inline_legs(self, item: Item) -> list[DeliveryKey]:
+        """The legs of ``item`` this stage sends itself if routing keeps them: those of its
+        explicitly named channels (a fan-out) that are inline."""
+        n: Notification = item.value
+        if n.channels == "auto":
+            return []
+        return [(item.message.id, channel, address) for channel in n.channels
+                if channel in self.inline for address in n.recipient.addresses(channel)]
 
     async def route(self, items: list[Item]) -> list[Item]:
         """Pick channels (explicit, or ``auto`` by preference / rule), honour opt-outs, quiet
@@ -387,6 +409,8 @@ class NotificationPipeline:
                       error: str | None = None) -> None:
         n: Notification = item.value
         addresses = n.recipient.addresses(channel) or (n.recipient.user_id,)
+        # Not sent now: a leg claimed with its message is ended by this record.
+        self.services.sender.intents.forget((item.message.id, channel, a) for a in addresses)
         for address in addresses:
             await self.services.ledger.record_delivery(
                 item.message.id, channel, address, state, error=error
@@ -415,7 +439,11 @@ class NotificationPipeline:
         """
         if not items:
             return items
-        await self.services.sender.deliver(items, self.tally)
+        sender = self.services.sender
+        try:
+            await sender.deliver(items, self.tally)
+        finally:  # legs claimed with their message and not sent (no provider, say)
+            await sender.intents.release_held(leg for i in items for leg in i.value.legs())
         for item in items:
             dispatch: Dispatch = item.value
             if item.retrying is None and item.rejected is None:
