@@ -45,6 +45,11 @@ class Coalesced(Generic[K, R]):
             self._runner = asyncio.create_task(self._run())
         return await future
 
+    async def idle(self) -> None:
+        """Return once no call is in flight or waiting (whatever became of them)."""
+        while self._runner is not None:
+            await asyncio.wait([self._runner])
+
     async def _run(self) -> None:
         try:
             while self._waiting:

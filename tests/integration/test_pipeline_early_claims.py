@@ -4,21 +4,33 @@ statement, and never left 'sending' with nobody to send them."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+import uuid
+from collections import Counter
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from faulty_pools import LostReplies
+from tidings import App, Settings
 from tidings.direct import DirectPool
+from tidings.message import Envelope, Message, Priority, now_ms
+from tidings.notification import Channel, Content, Notification, Recipient
+from tidings.pipelines.graph import Item
 from tidings.pipelines.intents import CLAIMED, Intents
 from tidings.pipelines.ledger import Intent, LedgerError, LedgerWriter, MessageRecord
+from tidings.pipelines.notifications import NotificationPipeline
+from tidings.sinks.base import Delivery, Provider, SendResult
 from tidings.tables import deliveries
+from tidings.testing import running
 
 pytestmark = [pytest.mark.postgres]
 
-LEG = ("m1", "sms", "+14155550123")
+PHONE = "+14155550123"
+LEG = ("m1", "sms", PHONE)
 
 
 def _message(message_id: str, key: str | None = None) -> MessageRecord:
@@ -83,7 +95,7 @@ async def test_a_message_written_before_claims_no_leg_with_its_key(
 async def test_a_held_leg_is_handed_out_once_without_a_statement(direct: DirectPool) -> None:
     intents = Intents(direct)
     token = intents.foresee([LEG])[LEG]
-    intents.hold([LEG])
+    intents.hold([LEG], time.monotonic())
     intents._direct = Unreachable()  # a statement would fail
 
     assert (await intents.claim([LEG]))[LEG] == (CLAIMED, None, token)
@@ -97,7 +109,7 @@ async def test_a_held_leg_whose_hold_ran_out_is_claimed_by_its_token(
     intents = Intents(direct, stale_after_s=0)  # no hold is trusted
     tokens = intents.foresee([LEG])
     found = await writer.claim_idempotency_keys([_message("m1")], [Intent(*LEG, tokens[LEG])])
-    intents.hold(found.claimed)
+    intents.hold(found.claimed, time.monotonic())
 
     claim = (await intents.claim([LEG]))[LEG]
 
@@ -134,10 +146,11 @@ async def test_legs_held_and_never_sent_are_released(
 ) -> None:
     intents = Intents(direct)
     tokens = intents.foresee([LEG])
+    since = time.monotonic()
     intents.hold((await writer.claim_idempotency_keys(
-        [_message("m1")], [Intent(*LEG, tokens[LEG])])).claimed)
+        [_message("m1")], [Intent(*LEG, tokens[LEG])])).claimed, since)
 
-    await intents.release_held([LEG])
+    await intents.release_unsent([LEG])
 
     assert await _rows(engine) == {LEG: ("failed", None)}
     assert await intents.give_back() == 0, "nothing left to give back"
@@ -146,8 +159,143 @@ async def test_legs_held_and_never_sent_are_released(
 async def test_a_forgotten_leg_is_neither_held_nor_given_back(direct: DirectPool) -> None:
     intents = Intents(direct)
     intents.foresee([LEG])
-    intents.hold([LEG])
+    intents.hold([LEG], time.monotonic())
 
     intents.forget([LEG])
 
     assert await intents.give_back() == 0
+
+
+# -- through the intake steps (the reviews of this change found each of these) ---------------
+
+
+class Counting:
+    """An SMS provider that accepts everything and counts its calls per address."""
+
+    name, channel = "counting", "sms"
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        self.calls[delivery.address] += 1
+        return SendResult(self.name, "sms", delivery.address, delivery.idempotency_key,
+                          0.0, 1.0, provider_message_id="pm")
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _intake(message_id: str) -> Item:
+    n = Notification(type="order.shipped", channels=["sms"], content=Content(body="hi"),
+                     recipient=Recipient(user_id="u1", phone=PHONE))
+    envelope = Envelope(id=message_id, key="u1", created_ms=now_ms())
+    return Item(Message(n, envelope, "0-1", 0), n, "u1", Priority.NORMAL)
+
+
+def _pipeline(providers: dict[Channel, Provider]) -> NotificationPipeline:
+    async def built(_app: object) -> dict[Channel, Provider]:
+        return providers
+
+    return NotificationPipeline(App(f"early-{uuid.uuid4().hex[:6]}"), providers=built,
+                                inline={"sms"})
+
+
+def _settings(database_url: str, schema_name: str, **more: Any) -> Settings:
+    return Settings(namespace=f"early-{uuid.uuid4().hex[:8]}", block_ms=50,
+                    database_url=database_url, database_schema=schema_name, **more)
+
+
+async def _intake_steps(pipeline: NotificationPipeline, items: list[Item]) -> list[Item]:
+    for step in (pipeline.accept, pipeline.route, pipeline.render, pipeline.deliver_inline):
+        items = await step([i for i in items if not i.done]) + [i for i in items if i.done]
+    await pipeline.services.ledger.flush()
+    return items
+
+
+async def test_a_worker_stopping_while_its_key_claim_is_in_flight_leaves_no_leg_sending(
+    engine: AsyncEngine, database_url: str, schema_name: str
+) -> None:
+    # The key claim waits on a lock (another session's uncommitted insert of the same id,
+    # rolled back once the worker is stopping); the shutdown deadline cancels accept. The
+    # claim goes on, coalesced, and lands after that: its leg must not stay 'sending'.
+    pipeline = _pipeline({"sms": Counting()})
+    async with engine.connect() as locker:
+        await locker.execute(text(
+            "INSERT INTO messages (id, topic, payload) VALUES ('m1', 'x', '{}')"))
+        async with running(pipeline.app, _settings(database_url, schema_name), database=True):
+            intents = pipeline.services.sender.intents
+            accepting = asyncio.create_task(pipeline.accept([_intake("m1")]))
+            await asyncio.sleep(0.3)
+            accepting.cancel()  # the shutdown deadline
+
+            async def unlock() -> None:
+                await asyncio.sleep(0.5)
+                await locker.rollback()
+
+            unlocking = asyncio.create_task(unlock())
+            await asyncio.gather(accepting, return_exceptions=True)
+        await unlocking
+
+    assert intents._unsure == {}, "the worker remembers nothing"
+    rows = await _rows(engine)
+    assert rows.get(LEG, ("none", None))[0] != "sending", rows
+
+
+async def test_a_batch_broken_after_its_key_claim_leaves_its_legs_to_any_worker(
+    engine: AsyncEngine, database_url: str, schema_name: str
+) -> None:
+    # Worker A's key claim lands (claiming the leg) but its preference read fails; the
+    # message then goes to worker B (a moved partition, say). B must send the leg, not find
+    # it 'sending' and take it for an outcome unknown.
+    a_calls, b_calls = Counting(), Counting()
+    a, b = _pipeline({"sms": a_calls}), _pipeline({"sms": b_calls})
+    settings = _settings(database_url, schema_name, claim_idle_ms=200)
+    async with running(a.app, settings, database=True):
+        async def broken(_keys: Any) -> Any:
+            await asyncio.sleep(0.05)
+            raise ConnectionResetError("connection lost")
+
+        a.services.lookup.get_pairs = broken  # type: ignore[method-assign]
+        with pytest.raises(ConnectionResetError):
+            await a.accept([_intake("m1")])
+        async with running(b.app, settings, database=True):
+            await asyncio.sleep(0.3)  # a 'sending' row is stale by now
+            await _intake_steps(b, [_intake("m1")])
+
+    assert a_calls.calls + b_calls.calls == Counter({PHONE: 1}), await _rows(engine)
+    assert (await _rows(engine))[LEG][0] == "sent"
+
+
+async def test_an_inline_channel_without_a_provider_claims_no_leg(
+    engine: AsyncEngine, database_url: str, schema_name: str
+) -> None:
+    # The sender records such a leg as not sendable, on a row addressed by the user id; a
+    # leg claimed with its message would be left behind, unfinished.
+    pipeline = _pipeline({})
+    async with running(pipeline.app, _settings(database_url, schema_name), database=True):
+        items = await _intake_steps(pipeline, [_intake("m1")])
+        await pipeline.deliver([i for i in items if i.output == "sms"])  # its channel stage
+        await pipeline.services.ledger.flush()
+
+    rows = await _rows(engine)
+    assert LEG not in rows
+    assert rows[("m1", "sms", "u1")][0] == "dead"
+
+
+async def test_a_render_that_breaks_gives_back_the_legs_claimed_with_its_batch(
+    engine: AsyncEngine, database_url: str, schema_name: str
+) -> None:
+    pipeline = _pipeline({"sms": Counting()})
+    async with running(pipeline.app, _settings(database_url, schema_name), database=True):
+        async def broken(*_args: Any) -> Any:
+            raise ConnectionResetError("the template store went away")
+
+        pipeline.services.renderer.render = broken  # type: ignore[method-assign]
+        items = await pipeline.route(await pipeline.accept([_intake("m1")]))
+        with pytest.raises(ConnectionResetError):
+            await pipeline.render(items)
+
+        # (before the worker stops, which would give them back anyway)
+        assert (await _rows(engine))[LEG][0] == "failed", "claimable by whoever gets it next"
+        assert pipeline.services.sender.intents._unsure == {}

@@ -17,12 +17,13 @@ its idempotency key (a new message has no delivery rows yet), which saves the in
 round trip: :meth:`Intents.foresee` gives them tokens and remembers them, :meth:`Intents.hold`
 takes the legs that statement claimed, which :meth:`Intents.claim` then hands out without asking
 the database again. A foreseen leg that is not sent is forgotten once the ledger records what
-became of it (filtered, delayed, dead), or released (:meth:`Intents.release_held`).
+became of it (filtered, delayed, dead), or released (:meth:`Intents.release_unsent`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -30,6 +31,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from tidings.direct import DirectPool, Statement, json_param
+
+log = logging.getLogger(__name__)
 
 DeliveryKey = tuple[str, str, str]  # (message_id, channel, recipient)
 
@@ -134,9 +137,10 @@ class Intents:
         self._remember(tokens)
         return tokens
 
-    def hold(self, legs: Iterable[DeliveryKey]) -> None:
-        """Foreseen legs the statement claimed: :meth:`claim` takes them without a statement."""
-        until = time.monotonic() + self._stale_s / 2
+    def hold(self, legs: Iterable[DeliveryKey], since: float) -> None:
+        """Foreseen legs the statement sent at ``since`` (time.monotonic()) claimed:
+        :meth:`claim` takes them without a statement while their rows are surely fresh."""
+        until = since + self._stale_s / 2
         self._held.update((leg, until) for leg in legs if leg in self._unsure)
 
     def forget(self, legs: Iterable[DeliveryKey]) -> None:
@@ -146,10 +150,18 @@ class Intents:
             self._unsure.pop(leg, None)
             self._held.pop(leg, None)
 
-    async def release_held(self, legs: Iterable[DeliveryKey]) -> None:
-        """Release those of ``legs`` still held: claimed with their message, never sent."""
-        held = {leg: self._unsure[leg] for leg in legs if self._held.pop(leg, None) is not None}
-        await self.release(held)
+    async def release_unsent(self, legs: Iterable[DeliveryKey]) -> None:
+        """Release those of ``legs`` this worker remembers (claimed, or maybe claimed, and not
+        sent), after the batch that was to send them broke or ended without sending them:
+        whichever worker gets their message next can then claim them. A release that fails is
+        logged, not raised (its legs stay remembered): this runs where a batch is cleaned up,
+        and the error that broke it is the one to report."""
+        tokens = {leg: self._unsure[leg] for leg in legs if leg in self._unsure}
+        try:
+            await self.release(tokens)
+        except Exception as exc:
+            log.warning("could not give back %d delivery legs claimed and not sent (%s: %s);"
+                        " this worker keeps their claims", len(tokens), type(exc).__name__, exc)
 
     async def release(self, tokens: Mapping[DeliveryKey, str]) -> None:
         """Give back claimed legs (each with its claim's token) whose provider was never called

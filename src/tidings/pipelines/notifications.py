@@ -240,6 +240,7 @@ class NotificationPipeline:
             return
         try:
             try:  # before the pool closes: legs claimed and never sent go to the next owner
+                await services.ledger.claims_done()  # (one may claim legs yet)
                 await services.sender.intents.give_back()
             except Exception as exc:
                 log.error("could not give back the delivery legs this worker claimed and did"
@@ -291,12 +292,21 @@ class NotificationPipeline:
             for i in items
         ]
         tokens = intents.foresee(leg for i in items for leg in self._inline_legs(i))
-        accepted, prefs = await asyncio.gather(
-            self.services.ledger.claim_idempotency_keys(
-                records, [Intent(*leg, token) for leg, token in tokens.items()]),
-            self.services.lookup.get_pairs(keys),
-        )
-        intents.hold(accepted.claimed)
+        since = time.monotonic()
+        claiming = asyncio.ensure_future(self.services.ledger.claim_idempotency_keys(
+            records, [Intent(*leg, token) for leg, token in tokens.items()]))
+        try:
+            prefs = await self.services.lookup.get_pairs(keys)
+            accepted = await asyncio.shield(claiming)
+        except BaseException:
+            # The claim goes on (coalesced with other partitions'): once it has ended, the
+            # legs it may have claimed are given back, for whichever worker gets them next.
+            await asyncio.wait([claiming])
+            if not claiming.cancelled():
+                claiming.exception()  # retrieved: the error raised here is the first one
+            await intents.release_unsent(tokens)
+            raise
+        intents.hold(accepted.claimed, since)
         for item, key in zip(items, keys, strict=True):
             item.attrs["preference"] = prefs.get(key)
             if item.message.id in accepted.duplicates:
@@ -309,19 +319,31 @@ class NotificationPipeline:
 
     def _inline_legs(self, item: Item) -> list[DeliveryKey]:
         """The legs of ``item`` this stage sends itself if routing keeps them: those of its
-        explicitly named channels (a fan-out) that are inline."""
+        explicitly named channels (a fan-out) that are inline and have a provider."""
         n: Notification = item.value
         if n.channels == "auto":
             return []
+        providers = self.services.providers
         return [(item.message.id, channel, address) for channel in n.channels
-                if channel in self.inline for address in n.recipient.addresses(channel)]
+                if channel in self.inline and channel in providers
+                for address in n.recipient.addresses(channel)]
+
+    async def _give_back(self, items: list[Item]) -> None:
+        """After an intake step broke: the legs claimed with these notifications are given
+        back (else only this worker could send them; any other would find them 'sending')."""
+        await self.services.sender.intents.release_unsent(
+            leg for item in items for leg in self._inline_legs(item))
 
     async def route(self, items: list[Item]) -> list[Item]:
         """Pick channels (explicit, or ``auto`` by preference / rule), honour opt-outs, quiet
         hours and ``send_at`` (with the preferences ``accept`` read)."""
         now = datetime.now(UTC)
-        for item in items:
-            await self._route_one(item, item.value, item.attrs["preference"], now)
+        try:
+            for item in items:
+                await self._route_one(item, item.value, item.attrs["preference"], now)
+        except BaseException:
+            await self._give_back(items)
+            raise
         return items
 
     async def _route_one(
@@ -348,6 +370,13 @@ class NotificationPipeline:
 
     async def render(self, items: list[Item]) -> list[Item]:
         """Render each channel's content; a template failure is a recorded failure."""
+        try:
+            return await self._render_all(items)
+        except BaseException:
+            await self._give_back(items)
+            raise
+
+    async def _render_all(self, items: list[Item]) -> list[Item]:
         out: list[Item] = []
         for item in items:
             n: Notification = item.value
@@ -442,8 +471,8 @@ class NotificationPipeline:
         sender = self.services.sender
         try:
             await sender.deliver(items, self.tally)
-        finally:  # legs claimed with their message and not sent (no provider, say)
-            await sender.intents.release_held(leg for i in items for leg in i.value.legs())
+        finally:  # legs claimed with their message and not sent (the batch broke, say)
+            await sender.intents.release_unsent(leg for i in items for leg in i.value.legs())
         for item in items:
             dispatch: Dispatch = item.value
             if item.retrying is None and item.rejected is None:
