@@ -45,10 +45,15 @@ class Coalesced(Generic[K, R]):
             self._runner = asyncio.create_task(self._run())
         return await future
 
-    async def idle(self) -> None:
-        """Return once no call is in flight or waiting (whatever became of them)."""
-        while self._runner is not None:
-            await asyncio.wait([self._runner])
+    async def idle(self, within_s: float) -> None:
+        """Return once no call is in flight or waiting (whatever became of them); after
+        ``within_s``, cancel those still there (their callers get CancelledError)."""
+        deadline = asyncio.get_running_loop().time() + within_s
+        while (runner := self._runner) is not None:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                runner.cancel()
+            await asyncio.wait([runner], timeout=max(left, 0) or None)
 
     async def _run(self) -> None:
         try:

@@ -19,10 +19,12 @@ from tidings import App, Settings
 from tidings.direct import DirectPool
 from tidings.message import Envelope, Message, Priority, now_ms
 from tidings.notification import Channel, Content, Notification, Recipient
+from tidings.pipelines import notifications
 from tidings.pipelines.graph import Item
 from tidings.pipelines.intents import CLAIMED, Intents
 from tidings.pipelines.ledger import Intent, LedgerError, LedgerWriter, MessageRecord
 from tidings.pipelines.notifications import NotificationPipeline
+from tidings.pipelines.routing import Rule
 from tidings.sinks.base import Delivery, Provider, SendResult
 from tidings.tables import deliveries
 from tidings.testing import running
@@ -299,3 +301,67 @@ async def test_a_render_that_breaks_gives_back_the_legs_claimed_with_its_batch(
         # (before the worker stops, which would give them back anyway)
         assert (await _rows(engine))[LEG][0] == "failed", "claimable by whoever gets it next"
         assert pipeline.services.sender.intents._unsure == {}
+
+
+def _push_intake(message_id: str) -> Item:
+    n = Notification(type="order.shipped", channels=["push"], content=Content(body="hi"),
+                     recipient=Recipient(user_id="u1", device_tokens=("dev-1", "dev-2")))
+    envelope = Envelope(id=message_id, key="u1", created_ms=now_ms())
+    return Item(Message(n, envelope, "0-1", 0), n, "u1", Priority.NORMAL)
+
+
+class Pushing(Counting):
+    name, channel = "pushing", "push"
+
+
+async def test_a_record_that_raises_midway_leaves_the_legs_after_it_remembered(
+    engine: AsyncEngine, database_url: str, schema_name: str
+) -> None:
+    # Both of a push's legs are denied by a rule; the first one's record raises (an earlier
+    # flush's dropped rows are reported then): the second is neither recorded nor forgotten.
+    async def built(_app: object) -> dict[Channel, Provider]:
+        return {"push": Pushing()}
+
+    pipeline = NotificationPipeline(App("early-denied"), providers=built, inline={"push"},
+                                    rules=[Rule("order.*", deny=("push",))])
+    async with running(pipeline.app, _settings(database_url, schema_name), database=True):
+        ledger, intents = pipeline.services.ledger, pipeline.services.sender.intents
+        items = await pipeline.accept([_push_intake("m1")])
+        ledger._failure = LedgerError("an earlier flush dropped rows", rows=1, retained=False)
+        with pytest.raises(LedgerError):
+            await pipeline.route(items)
+
+        # Given back by route, as the batch broke: the next owner claims it.
+        assert (await _rows(engine))[("m1", "push", "dev-2")][0] == "failed"
+        assert intents._unsure == {}
+
+
+async def test_a_stopping_worker_cancels_a_key_claim_held_up_by_a_lock(
+    engine: AsyncEngine, database_url: str, schema_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A table lock (a migration, a CREATE INDEX) holds the claim; the batch was cancelled at
+    # its deadline. The stop waits a while for the claim, then cancels it (rolled back).
+    monkeypatch.setattr(notifications, "CLAIMS_AT_STOP_S", 0.5)
+    pipeline = _pipeline({"sms": Counting()})
+    async with engine.connect() as locker:
+        await locker.execute(text("LOCK TABLE messages IN SHARE MODE"))
+        stopped = asyncio.Event()
+
+        async def worker() -> None:
+            async with running(pipeline.app, _settings(database_url, schema_name),
+                               database=True):
+                accepting = asyncio.create_task(pipeline.accept([_intake("m1")]))
+                await asyncio.sleep(0.3)
+                accepting.cancel()
+                await asyncio.gather(accepting, return_exceptions=True)
+            stopped.set()
+
+        running_worker = asyncio.create_task(worker())
+        try:
+            async with asyncio.timeout(5):
+                await stopped.wait()
+        finally:
+            await locker.rollback()
+            await running_worker
+
+    assert await _rows(engine) == {}, "the claim was rolled back: no leg claimed"

@@ -156,6 +156,8 @@ class Intents:
         whichever worker gets their message next can then claim them. A release that fails is
         logged, not raised (its legs stay remembered): this runs where a batch is cleaned up,
         and the error that broke it is the one to report."""
+        if not self._unsure:  # as after most batches: ``legs`` is not even gone through
+            return
         tokens = {leg: self._unsure[leg] for leg in legs if leg in self._unsure}
         try:
             await self.release(tokens)

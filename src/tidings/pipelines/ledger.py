@@ -253,10 +253,11 @@ class LedgerWriter:
         return await self._claims([(record, tuple(by_message.get(record.id, ())))
                                    for record in batch])
 
-    async def claims_done(self) -> None:
-        """Return once no idempotency claim is in flight: one whose caller is gone may still
-        land, with the legs it claims (see claim_idempotency_keys)."""
-        await self._claims.idle()
+    async def claims_done(self, within_s: float) -> None:
+        """Return once no idempotency claim is in flight (one whose caller is gone may still
+        land, with the legs it claims: see claim_idempotency_keys); those still in flight
+        after ``within_s`` are cancelled, which rolls them back."""
+        await self._claims.idle(within_s)
 
     async def _claim_together(self, calls: list[Sequence[_Accepting]]) -> list[Accepted]:
         found = await self._claim_keys([accepting for call in calls for accepting in call])

@@ -36,7 +36,13 @@ from tidings.notification import Channel, Content, Notification
 from tidings.observability.deliveries import NO_PROVIDER, PipelineMetrics
 from tidings.pipelines.graph import Item, Pipeline
 from tidings.pipelines.intents import DeliveryKey, Intents
-from tidings.pipelines.ledger import DeliveryState, Intent, LedgerWriter, MessageRecord
+from tidings.pipelines.ledger import (
+    Accepted,
+    DeliveryState,
+    Intent,
+    LedgerWriter,
+    MessageRecord,
+)
 from tidings.pipelines.preferences import (
     Outcome,
     PreferenceLookup,
@@ -69,6 +75,8 @@ INTAKE = "notifications"
 ORCHESTRATION = "notifications.orchestration"
 # Delays shorter than this are not worth a trip through the scheduler: send now.
 MIN_DELAY = timedelta(seconds=1)
+# How long a stopping worker waits for idempotency claims in flight before cancelling them.
+CLAIMS_AT_STOP_S = 5.0
 
 
 class Dispatch(BaseModel):
@@ -177,6 +185,8 @@ class NotificationPipeline:
         self._inline_option = None if inline is None else frozenset(inline)
         self.inline: frozenset[Channel] = frozenset()
         self._services: Services | None = None
+        # Give-backs of the legs claimed for batches whose accept failed (see accept).
+        self._unclaiming: set[asyncio.Task[None]] = set()
         self.intake = app.topic(INTAKE, model=Notification)
         self.channel_topics = {c: app.topic(f"{INTAKE}.{c}", model=Dispatch) for c in CHANNELS}
         self.orchestration = app.topic(ORCHESTRATION, model=Dispatch)
@@ -240,7 +250,10 @@ class NotificationPipeline:
             return
         try:
             try:  # before the pool closes: legs claimed and never sent go to the next owner
-                await services.ledger.claims_done()  # (one may claim legs yet)
+                # One in flight may claim legs yet; one held up (by a lock, say) is cancelled,
+                # which rolls it back. Then those of failed batches are given back.
+                await services.ledger.claims_done(within_s=CLAIMS_AT_STOP_S)
+                await asyncio.gather(*self._unclaiming, return_exceptions=True)
                 await services.sender.intents.give_back()
             except Exception as exc:
                 log.error("could not give back the delivery legs this worker claimed and did"
@@ -301,10 +314,10 @@ class NotificationPipeline:
         except BaseException:
             # The claim goes on (coalesced with other partitions'): once it has ended, the
             # legs it may have claimed are given back, for whichever worker gets them next.
-            await asyncio.wait([claiming])
-            if not claiming.cancelled():
-                claiming.exception()  # retrieved: the error raised here is the first one
-            await intents.release_unsent(tokens)
+            # Not waited for here: a claim held up (by a lock, say) must not hold up a stop.
+            unclaiming = asyncio.create_task(_unclaim(claiming, tokens, intents))
+            self._unclaiming.add(unclaiming)
+            unclaiming.add_done_callback(self._unclaiming.discard)
             raise
         intents.hold(accepted.claimed, since)
         for item, key in zip(items, keys, strict=True):
@@ -438,9 +451,10 @@ class NotificationPipeline:
                       error: str | None = None) -> None:
         n: Notification = item.value
         addresses = n.recipient.addresses(channel) or (n.recipient.user_id,)
-        # Not sent now: a leg claimed with its message is ended by this record.
-        self.services.sender.intents.forget((item.message.id, channel, a) for a in addresses)
         for address in addresses:
+            # Not sent now: a leg claimed with its message is ended by this record (one at a
+            # time: the legs after one whose record raised stay remembered, to be given back).
+            self.services.sender.intents.forget([(item.message.id, channel, address)])
             await self.services.ledger.record_delivery(
                 item.message.id, channel, address, state, error=error
             )
@@ -471,8 +485,9 @@ class NotificationPipeline:
         sender = self.services.sender
         try:
             await sender.deliver(items, self.tally)
-        finally:  # legs claimed with their message and not sent (the batch broke, say)
+        except BaseException:  # legs claimed with their message and not sent
             await sender.intents.release_unsent(leg for i in items for leg in i.value.legs())
+            raise
         for item in items:
             dispatch: Dispatch = item.value
             if item.retrying is None and item.rejected is None:
@@ -492,6 +507,15 @@ class NotificationPipeline:
         stage = "orchestration" if dispatch.mode == "fallback" else dispatch.channels[0]
         agent = self.app.agents[f"{self.pipeline.name}.{stage}"]
         return self.app.retry_policy(agent, type=dispatch.notification.type)
+
+
+async def _unclaim(claiming: asyncio.Future[Accepted], tokens: dict[DeliveryKey, str],
+                   intents: Intents) -> None:
+    """Once the key claim of a failed accept has ended, give back the legs it may claim."""
+    await asyncio.wait([claiming])
+    if not claiming.cancelled():
+        claiming.exception()  # retrieved: the error accept raised is the first one
+    await intents.release_unsent(tokens)
 
 
 def build(name: str = "notifications", **options: object) -> NotificationPipeline:
