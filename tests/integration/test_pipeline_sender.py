@@ -129,6 +129,30 @@ async def test_a_wave_cancelled_records_the_calls_that_ended_and_gives_back_the_
     assert await _states(engine) == {"m1": "sent", "m2": "sending", "m3": "failed"}
 
 
+async def test_a_wave_cancelled_while_recording_its_outcomes_records_them_all(
+    engine: AsyncEngine, direct: DirectPool
+) -> None:
+    class Instant(Breaking):
+        async def send(self, delivery: Delivery) -> SendResult:
+            return SendResult(self.name, "email", delivery.address, delivery.idempotency_key,
+                              0.0, 1.0, provider_message_id="pm")
+
+    await _messages(direct, "m1", "m2")
+    ledger = LedgerWriter(SlowPool(direct), max_batch=1)  # each record waits for its flush
+    sender = Sender(ledger, Intents(direct, stale_after_s=0), {"email": Instant()},
+                    lambda _d: RetryPolicy())
+    delivering = asyncio.create_task(sender.deliver([_item("m1"), _item("m2")], Tally()))
+    await asyncio.sleep(0.15)  # both sent; m1's record is being flushed
+
+    delivering.cancel()  # the shutdown deadline
+    await asyncio.gather(delivering, return_exceptions=True)
+    await asyncio.sleep(0.8)
+    await ledger.aclose()
+
+    # Both were sent: neither may be left 'sending', to be taken for an outcome unknown.
+    assert await _states(engine) == {"m1": "sent", "m2": "sent"}
+
+
 async def test_legs_claimed_when_recording_another_leg_fails_are_given_back(
     engine: AsyncEngine, direct: DirectPool
 ) -> None:

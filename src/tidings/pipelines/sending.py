@@ -158,7 +158,9 @@ class Sender:
                 if claim.token is not None and key not in called}, tally)
             raise
         results = [r for r in outcomes if r is not None]
-        await self._record_all(sends, results, tally)
+        # Every call has ended: a record left unmade would leave its leg 'sending', later taken
+        # for an outcome unknown, so the records go on if this is cancelled (shutdown deadline).
+        await asyncio.shield(self._record_all(sends, results, tally))
         sent_now = {id(job) for (job, _), result in zip(sends, results, strict=True)
                     if result.ok}
         for job in jobs:
