@@ -28,6 +28,19 @@ class LostReplies(DirectPool):
         raise ConnectionResetError("connection lost before the statement was sent")
 
 
+class Unreachable(DirectPool):
+    """A database that cannot be reached: every statement fails before it is sent."""
+
+    def __init__(self) -> None:
+        """No pool behind it (DirectPool's own would connect on first use)."""
+
+    async def fetch(self, statement: Any, params: Any) -> list[Any]:
+        raise ConnectionRefusedError("the database is unreachable")
+
+    async def execute(self, statement: Any, params: Any) -> None:
+        raise ConnectionRefusedError("the database is unreachable")
+
+
 class SlowPool(DirectPool):
     """Runs each statement after a pause, as a database under load does."""
 

@@ -48,12 +48,15 @@ class Coalesced(Generic[K, R]):
     async def idle(self, within_s: float) -> None:
         """Return once no call is in flight or waiting (whatever became of them); after
         ``within_s``, cancel those still there (their callers get CancelledError)."""
-        deadline = asyncio.get_running_loop().time() + within_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
         while (runner := self._runner) is not None:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
+            left = deadline - loop.time()
+            if left > 0:
+                await asyncio.wait([runner], timeout=left)
+            else:
                 runner.cancel()
-            await asyncio.wait([runner], timeout=max(left, 0) or None)
+                await asyncio.wait([runner])
 
     async def _run(self) -> None:
         try:

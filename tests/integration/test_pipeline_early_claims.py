@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from faulty_pools import LostReplies
+from faulty_pools import LostReplies, Unreachable
 from tidings import App, Settings
 from tidings.direct import DirectPool
 from tidings.message import Envelope, Message, Priority, now_ms
@@ -46,19 +46,6 @@ async def _rows(engine: AsyncEngine) -> dict[tuple[str, str, str], tuple[str, st
         rows = (await conn.execute(select(d.message_id, d.channel, d.recipient, d.state,
                                           d.claim_token))).all()
     return {(r.message_id, r.channel, r.recipient): (r.state, r.claim_token) for r in rows}
-
-
-class Unreachable(DirectPool):
-    """A database that cannot be reached: any statement fails."""
-
-    def __init__(self) -> None:
-        pass
-
-    async def fetch(self, statement: Any, params: Any) -> list[Any]:
-        raise ConnectionRefusedError("the database is unreachable")
-
-    async def execute(self, statement: Any, params: Any) -> None:
-        raise ConnectionRefusedError("the database is unreachable")
 
 
 @pytest.fixture

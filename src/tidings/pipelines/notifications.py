@@ -306,7 +306,7 @@ class NotificationPipeline:
         ]
         tokens = intents.foresee(leg for i in items for leg in self._inline_legs(i))
         since = time.monotonic()
-        claiming = asyncio.ensure_future(self.services.ledger.claim_idempotency_keys(
+        claiming = asyncio.create_task(self.services.ledger.claim_idempotency_keys(
             records, [Intent(*leg, token) for leg, token in tokens.items()]))
         try:
             prefs = await self.services.lookup.get_pairs(keys)
@@ -509,7 +509,7 @@ class NotificationPipeline:
         return self.app.retry_policy(agent, type=dispatch.notification.type)
 
 
-async def _unclaim(claiming: asyncio.Future[Accepted], tokens: dict[DeliveryKey, str],
+async def _unclaim(claiming: asyncio.Task[Accepted], tokens: dict[DeliveryKey, str],
                    intents: Intents) -> None:
     """Once the key claim of a failed accept has ended, give back the legs it may claim."""
     await asyncio.wait([claiming])
