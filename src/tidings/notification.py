@@ -41,7 +41,14 @@ _LOCALE = re.compile(r"([a-z]{2,3})(?:[-_]([a-z]{4}))?(?:[-_]([a-z]{2}|[0-9]{3})
 # SMTP server is the real judge of deliverability anyway.
 _EMAIL = re.compile(r"[^@\s<>(),;:\"\[\]\\]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?"
                     r"\.[A-Za-z]{2,63}")
-_TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")
+# A delivery's address is part of the ledger's unique index, and a PostgreSQL btree entry
+# holds at most 2704 bytes: a longer token could never be recorded, and the one statement
+# that claims a batch would fail for every notification in it (2026-12-04). Real tokens are
+# far shorter: APNs 64 hex digits, FCM ~160 characters, web-push endpoints a few hundred.
+MAX_TOKEN = 2048
+_TOKEN = re.compile(rf"[\x21-\x7e]{{1,{MAX_TOKEN}}}")
+# The type is a dimension of the analytics roll-ups' primary key: bounded for the same reason.
+MAX_TYPE = 200
 _KEY = re.compile(r"[\x21-\x7e]{1,200}")
 
 
@@ -68,6 +75,8 @@ _LANES = {
 
 
 def check_type(value: str) -> str:
+    if len(value) > MAX_TYPE:
+        raise ValueError(f"a type is at most {MAX_TYPE} characters")
     if not _TYPE.fullmatch(value):
         raise ValueError(
             "use dotted lowercase words such as 'order.shipped' (letters, digits, '_')"
@@ -118,7 +127,7 @@ def check_timezone(value: str) -> str:
 
 def check_token(value: str) -> str:
     if not _TOKEN.fullmatch(value):
-        raise ValueError("a device token is 1-4096 printable characters without spaces")
+        raise ValueError(f"a device token is 1-{MAX_TOKEN} printable characters without spaces")
     return value
 
 

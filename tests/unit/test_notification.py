@@ -198,3 +198,22 @@ def test_text_postgresql_cannot_store_is_refused_at_publish_with_its_path() -> N
                             "data": {"order": {"lines": ["ok", "bad\x00"]}}})
     with pytest.raises(PayloadError, match=r"content\.subject: .*contains a NUL"):
         parse_notification({**base, "content": {"body": "hi", "subject": "a\x00"}})
+
+
+def test_a_device_token_longer_than_the_ledger_can_index_is_refused_at_publish() -> None:
+    message = error_of(payload(recipient={"user_id": "u-1", "device_tokens": ["x" * 2049]}))
+    assert "recipient.device_tokens.0" in message
+    assert "1-2048 printable characters" in message
+
+
+def test_the_longest_device_token_is_accepted() -> None:
+    n = parse_notification(payload(channels=["push"],
+                                   recipient={"user_id": "u-1", "device_tokens": ["x" * 2048]}))
+    assert n.recipient.device_tokens == ("x" * 2048,)
+
+
+def test_a_type_longer_than_200_characters_is_refused() -> None:
+    message = error_of(payload(type="order." + "a" * 195))
+    assert "type" in message
+    assert "at most 200 characters" in message
+    assert parse_notification(payload(type="order." + "a" * 194)).type.endswith("a")
