@@ -40,6 +40,11 @@ class Priority(StrEnum):
     LOW = "low"
 
 
+# A message id is in primary keys and unique indexes of the ledger and the dead letters, next
+# to an address of up to 2 048 bytes: an id from a foreign producer must stay short enough
+# for every index entry to fit PostgreSQL's 2 704 bytes, or one entry would fail the statement
+# writing its whole batch (or block the dead-letter recorder for good).
+MAX_ID = 64
 LANES: tuple[Priority, ...] = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 _PRIORITIES = {p.value: p for p in Priority}
 
@@ -139,6 +144,9 @@ class Envelope:
             raise PayloadError(f"incomplete envelope header: {exc}") from None
         if not _well_typed(envelope):
             raise PayloadError("envelope header has fields of the wrong type")
+        if not 0 < len(envelope.id) <= MAX_ID:
+            raise PayloadError(f"envelope id of {len(envelope.id)} characters; an id is 1-{MAX_ID}"
+                               " (tidings writes 32 hex digits)")
         return envelope
 
 

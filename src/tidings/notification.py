@@ -47,9 +47,11 @@ _EMAIL = re.compile(r"[^@\s<>(),;:\"\[\]\\]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A
 # far shorter: APNs 64 hex digits, FCM ~160 characters, web-push endpoints a few hundred.
 MAX_TOKEN = 2048
 _TOKEN = re.compile(rf"[\x21-\x7e]{{1,{MAX_TOKEN}}}")
-# The type is a dimension of the analytics roll-ups' primary key: bounded for the same reason.
+# The type is a dimension of the analytics roll-ups' primary key, beside the tenant (a key):
+# bounded, as keys are, to keep that key well within the limit.
 MAX_TYPE = 200
-_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+MAX_KEY = 200
+_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY}}}")
 
 
 class NotificationPriority(StrEnum):
@@ -133,7 +135,7 @@ def check_token(value: str) -> str:
 
 def check_key(value: str) -> str:
     if not _KEY.fullmatch(value):
-        raise ValueError("use 1-200 printable characters without spaces")
+        raise ValueError(f"use 1-{MAX_KEY} printable characters without spaces")
     return value
 
 

@@ -41,6 +41,15 @@ def test_an_entry_of_garbage_still_makes_a_row() -> None:
                               "message": "bad \ufffd bytes"}]
 
 
+def test_an_entry_whose_id_no_index_could_hold_still_makes_a_row() -> None:
+    # A foreign producer's id: stored in the envelope's raw bytes, not as the message id (an
+    # index entry that large would fail the recorder's insert, and every one after it).
+    header = orjson.dumps({**orjson.loads(Envelope(id="x").to_json()), "id": "i" * 5_000})
+    row = row_of({b"e": header, b"d": b"{}"}, "t", 2, "dead", "1-0", now_ms=5_000)
+    assert row["message_id"] is None
+    assert row["envelope"] == header
+
+
 def test_the_error_history_header_gives_first_and_last_failure() -> None:
     history = [{"attempt": 1, "at_ms": 1_000, "type": "Timeout", "message": "slow"},
                {"attempt": 2, "at_ms": 2_000, "type": "Timeout", "message": "slow"}]

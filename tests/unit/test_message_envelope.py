@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tidings import Envelope, PayloadError, Priority
-from tidings.message import HEADER_FIELD, PAYLOAD_FIELD, WIRE_VERSION, encode, new_id
+from tidings.message import HEADER_FIELD, MAX_ID, PAYLOAD_FIELD, WIRE_VERSION, encode, new_id
 
 # Lone surrogates are not text that can travel as UTF-8; everything else, emoji included, is.
 texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
@@ -18,7 +18,7 @@ millis = st.integers(min_value=0, max_value=2**53)
 
 envelopes = st.builds(
     Envelope,
-    id=texts,
+    id=st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=MAX_ID),
     key=st.none() | texts,
     priority=st.sampled_from(Priority),
     attempt=st.integers(min_value=1, max_value=10**6),
@@ -64,6 +64,17 @@ def test_an_unreadable_header_is_a_payload_error(raw: bytes) -> None:
 def test_a_header_missing_a_field_is_a_payload_error() -> None:
     with pytest.raises(PayloadError, match="incomplete envelope header"):
         Envelope.from_json(b'{"v": 1, "id": "x"}')
+
+
+@pytest.mark.parametrize("length", [0, MAX_ID + 1, 5_000])
+def test_an_id_that_is_empty_or_too_long_for_the_ledger_is_a_payload_error(length: int) -> None:
+    header = orjson.dumps({**orjson.loads(Envelope(id="x").to_json()), "id": "é" * length})
+    with pytest.raises(PayloadError, match=f"envelope id of {length} characters; an id is 1-64"):
+        Envelope.from_json(header)
+
+
+def test_an_id_of_the_longest_length_is_read() -> None:
+    assert Envelope.from_json(Envelope(id="é" * MAX_ID).to_json()).id == "é" * MAX_ID
 
 
 def test_an_unknown_priority_is_a_payload_error() -> None:

@@ -79,6 +79,7 @@ def test_message_ids_are_deterministic_distinct_and_time_ordered() -> None:
     [
         ({"topic": "a:b"}, InvalidSchedule, "may not be empty or contain braces"),
         ({"name": " padded"}, InvalidSchedule, "non-empty, unpadded"),
+        ({"name": "n" * 201}, InvalidSchedule, "is 201 characters; use at most 200"),
         ({"misfire": "later"}, InvalidSchedule, "misfire policy 'later'"),
         ({"priority": "urgent"}, InvalidSchedule, "priority 'urgent'"),
         ({"max_runs": 0}, InvalidSchedule, "max_runs must be at least 1"),

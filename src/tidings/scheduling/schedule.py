@@ -10,6 +10,8 @@ from tidings.errors import TidingsError
 from tidings.message import Priority, dumps
 from tidings.scheduling.calendar import InvalidSchedule, Timing
 
+MAX_NAME = 200
+
 Misfire = Literal["fire_once", "fire_all", "skip"]
 MISFIRES: tuple[Misfire, ...] = ("fire_once", "fire_all", "skip")
 State = Literal["active", "paused", "cancelled", "done"]
@@ -40,6 +42,9 @@ class Schedule:
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip():
             raise InvalidSchedule(f"schedule name {self.name!r} must be non-empty, unpadded text")
+        if len(self.name) > MAX_NAME:  # it is a unique index's key
+            raise InvalidSchedule(f"schedule name {self.name[:40]!r}… is {len(self.name)}"
+                                  f" characters; use at most {MAX_NAME}")
         if not self.topic or any(c in self.topic for c in "{}: \n"):
             raise InvalidSchedule(
                 f"topic name {self.topic!r} may not be empty or contain braces, ':' or spaces"
