@@ -128,6 +128,9 @@ def check_timezone(value: str) -> str:
 
 
 def check_token(value: str) -> str:
+    if len(value) > MAX_TOKEN:
+        raise ValueError(f"a device token is at most {MAX_TOKEN} characters; this one has"
+                         f" {len(value)}")
     if not _TOKEN.fullmatch(value):
         raise ValueError(f"a device token is 1-{MAX_TOKEN} printable characters without spaces")
     return value

@@ -62,6 +62,23 @@ async def test_put_refuses_what_cannot_be_a_template(
         await TemplateStore(engine).put("shipped", channel, locale, body=body)
 
 
+@pytest.mark.parametrize(
+    ("name", "tenant", "reason"),
+    [
+        ("order shipped", "", "name: use 1-200 printable characters without spaces"),
+        ("s" * 3_000, "", "name: use 1-200 printable characters"),
+        ("shipped", "t" * 201, "tenant: use 1-200 printable characters"),
+    ],
+)
+async def test_put_refuses_a_name_or_tenant_no_notification_could_carry(
+    engine: AsyncEngine, name: str, tenant: str, reason: str
+) -> None:
+    # The contract's rule for keys: such a template would never be found, and a name of
+    # thousands of characters would overflow the templates' unique index.
+    with pytest.raises(TemplateError, match=reason):
+        await TemplateStore(engine).put(name, "sms", "en", body="x", tenant=tenant)
+
+
 async def test_get_without_a_template_returns_none(engine: AsyncEngine) -> None:
     assert await TemplateStore(engine).get("nothing", "email", "en") is None
 

@@ -134,11 +134,14 @@ def test_a_naive_now_is_refused() -> None:
         ({"opted_out": frozenset({"fax"})}, "unknown channel"),
         ({"channel_order": ("sms", "sms")}, "listed twice"),
         ({"timezone": "Mars/Olympus"}, "IANA"),
+        ({"user_id": "u 1"}, "user_id 'u 1': use 1-200 printable characters without spaces"),
+        ({"user_id": "u" * 201}, "use 1-200 printable characters"),
+        ({"tenant": ""}, "tenant '': use 1-200 printable characters"),
     ],
 )
 def test_preferences_that_cannot_work_are_refused(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(PreferencesError, match=message):
-        Preferences(user_id="u1", **fields)
+        Preferences(**{"user_id": "u1", **fields})
 
 
 def test_quiet_hours_need_distinct_ends() -> None:

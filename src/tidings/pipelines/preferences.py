@@ -23,7 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tidings.coalesce import Coalesced
 from tidings.direct import DirectPool, Statement, json_param
 from tidings.errors import ConfigurationError
-from tidings.notification import Channel, Notification, NotificationPriority, check_timezone
+from tidings.notification import (
+    Channel,
+    Notification,
+    NotificationPriority,
+    check_key,
+    check_timezone,
+)
 from tidings.tables.preferences import preferences as preferences_table
 
 _CHANNELS: frozenset[str] = frozenset(get_args(Channel))
@@ -65,6 +71,11 @@ class Preferences:
     timezone: str | None = None
 
     def __post_init__(self) -> None:
+        for what, key in (("user_id", self.user_id), ("tenant", self.tenant)):
+            try:  # the contract's rule: preferences no notification could name are no use
+                check_key(key)
+            except ValueError as exc:
+                raise PreferencesError(f"{what} {key[:40]!r}: {exc}") from None
         unknown = (set(self.opted_out) | set(self.channel_order)) - _CHANNELS
         if unknown:
             raise PreferencesError(f"unknown channel(s) {', '.join(sorted(unknown))}; "

@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.errors import TidingsError
-from tidings.notification import Channel, Content, Notification, canonical_locale
+from tidings.notification import Channel, Content, Notification, canonical_locale, check_key
 from tidings.tables.templates import templates
 
 PARTS = ("subject", "body", "html", "title")
@@ -168,6 +168,14 @@ class TemplateStore:
         """Create or replace a template; every replacement bumps its ``version``."""
         if channel not in get_args(Channel):
             raise TemplateError(name, channel, locale, "unknown channel")
+        # The contract's rule for the keys that look a template up: a name or tenant a
+        # notification cannot carry would never be found (and a long one overflow the index).
+        keys = {"name": name} if tenant == SHARED else {"name": name, "tenant": tenant}
+        for what, key in keys.items():
+            try:
+                check_key(key)
+            except ValueError as exc:
+                raise TemplateError(name[:40], channel, locale, f"{what}: {exc}") from None
         if not body:
             raise TemplateError(name, channel, locale, "body must not be empty")
         try:
