@@ -45,6 +45,10 @@ class Priority(StrEnum):
 # for every index entry to fit PostgreSQL's 2 704 bytes, or one entry would fail the statement
 # writing its whole batch (or block the dead-letter recorder for good).
 MAX_ID = 64
+# The end of year 9999, as far as a datetime goes: a time in ms past it (a foreign producer
+# writing microseconds, a delay of "forever") is refused or clamped, never a crash later.
+MAX_MS = 253_402_300_799_000
+MAX_ATTEMPT = 1_000_000
 LANES: tuple[Priority, ...] = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 _PRIORITIES = {p.value: p for p in Priority}
 
@@ -98,6 +102,11 @@ class Envelope:
     headers: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
+        if not all(type(k) is str and type(v) is str for k, v in self.headers.items()):
+            # Refused here, where the producer sees it: a consumer would refuse the entry.
+            raise PayloadError("message headers map text to text: "
+                               + ", ".join(f"{k!r}: {v!r}" for k, v in self.headers.items()
+                                           if type(k) is not str or type(v) is not str)[:200])
         try:
             return orjson.dumps(
                 {
@@ -147,6 +156,12 @@ class Envelope:
         if not 0 < len(envelope.id) <= MAX_ID:
             raise PayloadError(f"envelope id of {len(envelope.id)} characters; an id is 1-{MAX_ID}"
                                " (tidings writes 32 hex digits)")
+        if not (0 < envelope.attempt <= MAX_ATTEMPT and 0 <= envelope.created_ms <= MAX_MS
+                and 0 <= envelope.enqueued_ms <= MAX_MS):
+            raise PayloadError(
+                f"envelope numbers out of range: attempt {envelope.attempt} (1-{MAX_ATTEMPT}),"
+                f" created {envelope.created_ms} and enqueued {envelope.enqueued_ms} (Unix"
+                " milliseconds, up to the year 9999)")
         return envelope
 
 
@@ -159,6 +174,9 @@ def _well_typed(e: Envelope) -> bool:
         and type(e.enqueued_ms) is int
         and (e.trace_id is None or type(e.trace_id) is str)
         and type(e.headers) is dict
+        # Text to text, as producers give them: nothing nested (the dead-letter recorder walks
+        # what it stores, and a header nested a thousand deep would fail it on every try).
+        and all(type(k) is str and type(v) is str for k, v in e.headers.items())
     )
 
 

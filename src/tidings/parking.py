@@ -14,13 +14,13 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tidings.message import now_ms
+from tidings.message import MAX_MS, now_ms
 from tidings.tasks import being_cancelled
 from tidings.transport import Transport
 
@@ -71,7 +71,10 @@ class Parking:
                         "delay_set": [delay_set] * len(far),
                         "member_hash": [member_hash(m) for m, _ in far],
                         "member": [m for m, _ in far],
-                        "due_at": [datetime.fromtimestamp(due / 1000, UTC) for _, due in far],
+                        # A delay past the year 9999 (a time given as a delay, say) waits
+                        # until then, instead of failing every move of this set.
+                        "due_at": [datetime.fromtimestamp(min(due, MAX_MS) / 1000, UTC)
+                                   for _, due in far],
                     })
                 await transport.unschedule(delay_set, [m for m, _ in far])  # after the commit
                 moved += len(far)
@@ -100,15 +103,18 @@ class Parking:
 
     async def run(self, transport: Transport, delay_sets: Callable[[], Sequence[str]]) -> None:
         """Park and unpark every ``every_s`` until :meth:`stop`; errors are logged, retried."""
+        # Each on its own: retries parked already come back even when parking more fails.
+        moves: tuple[Callable[[], Awaitable[int]], ...] = (
+            lambda: self.park(transport, delay_sets()), lambda: self.unpark(transport))
         while not self._stop.is_set():
-            try:
-                await self.park(transport, delay_sets())
-                await self.unpark(transport)
-            except Exception as exc:  # PostgreSQL or Redis away: nothing moved is lost
-                if being_cancelled():
-                    raise asyncio.CancelledError from exc
-                log.error("could not move parked retries (%s: %s); retrying",
-                          type(exc).__name__, exc)
+            for move in moves:
+                try:
+                    await move()
+                except Exception as exc:  # PostgreSQL or Redis away: nothing moved is lost
+                    if being_cancelled():
+                        raise asyncio.CancelledError from exc
+                    log.error("could not move parked retries (%s: %s); retrying",
+                              type(exc).__name__, exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.every_s)
 

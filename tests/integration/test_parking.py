@@ -147,3 +147,40 @@ async def test_a_retry_due_soon_stays_in_redis(
     await app.transport.schedule([(delay_sets(app)[0], b'{"v":1}\x00{}', soon)])
     assert await parking.park(app.transport, delay_sets(app)) == 0
     assert await redis.zcard(delay_sets(app)[0]) == 1
+
+
+async def test_a_retry_due_after_the_year_9999_is_parked_until_then(
+    started: tuple[App, list[int], Parking], redis: Redis,
+) -> None:
+    # A delay given as a time (epoch milliseconds as seconds, say): before, its due time
+    # could not become a datetime, and every move of the set failed, for good.
+    app, _, parking = started
+    await app.transport.schedule([(delay_sets(app)[0], b'{"v":1}\x00{}', 10**17)])
+    assert await parking.park(app.transport, delay_sets(app)) == 1
+    [row] = await parked(app)
+    assert row.wait.days > 365 * 7000
+
+
+async def test_retries_parked_already_come_back_while_parking_more_fails(
+    started: tuple[App, list[int], Parking], redis: Redis,
+) -> None:
+    app, attempts, parking = started
+    await failed_once(app, attempts, redis)
+    await parking.park(app.transport, delay_sets(app))
+    async with app.engine.begin() as conn:  # two hours pass
+        await conn.execute(text("UPDATE parked_retries SET due_at = now()"))
+
+    def broken() -> list[str]:
+        raise RuntimeError("cannot list the delay sets")
+
+    parking.every_s = 0.05
+    running_parking = asyncio.create_task(parking.run(app.transport, broken))
+    try:
+        async def retried() -> bool:
+            return attempts == [1, 2]
+
+        await until(retried)
+    finally:
+        parking.stop()
+        await running_parking
+    assert await parked(app) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
 from hypothesis import given
@@ -48,6 +50,26 @@ def test_an_entry_whose_id_no_index_could_hold_still_makes_a_row() -> None:
     row = row_of({b"e": header, b"d": b"{}"}, "t", 2, "dead", "1-0", now_ms=5_000)
     assert row["message_id"] is None
     assert row["envelope"] == header
+
+
+def test_an_error_history_with_nested_values_still_makes_a_row() -> None:
+    # A foreign producer's history: the nesting is left out, not walked (it failed the
+    # recorder's insert on every try, and no dead letter after it was recorded).
+    nested = "[" * 900 + '"deep"' + "]" * 900  # JSON nested deeper than orjson writes
+    history = '[{"attempt": 1, "at_ms": 7, "type": "X", "message": ' + nested + "}]"
+    header = Envelope(id="x", headers={"tidings.errors": history}).to_json()
+    row = row_of({b"e": header, b"d": b"{}"}, "t", 2, "dead", "1-0", now_ms=5_000)
+    assert row["errors"][0] == {"attempt": 1, "at_ms": 7, "type": "X", "message": None}
+
+
+def test_a_reason_of_half_a_megabyte_is_fingerprinted_at_once() -> None:
+    # Its patterns backtrack over long runs of address characters: 40 000 of them took
+    # 5.9 s before (2026-12-04), the event loop frozen meanwhile; half a megabyte, minutes.
+    reason = "token " + "a.b-c+d" * 70_000 + " rejected"
+    started = time.perf_counter()
+    assert fingerprint("t", "g", "failed", "E", reason) == fingerprint("t", "g", "failed", "E",
+                                                                       reason)
+    assert time.perf_counter() - started < 2.0
 
 
 def test_the_error_history_header_gives_first_and_last_failure() -> None:

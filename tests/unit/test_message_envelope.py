@@ -10,18 +10,27 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tidings import Envelope, PayloadError, Priority
-from tidings.message import HEADER_FIELD, MAX_ID, PAYLOAD_FIELD, WIRE_VERSION, encode, new_id
+from tidings.message import (
+    HEADER_FIELD,
+    MAX_ATTEMPT,
+    MAX_ID,
+    MAX_MS,
+    PAYLOAD_FIELD,
+    WIRE_VERSION,
+    encode,
+    new_id,
+)
 
 # Lone surrogates are not text that can travel as UTF-8; everything else, emoji included, is.
 texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
-millis = st.integers(min_value=0, max_value=2**53)
+millis = st.integers(min_value=0, max_value=MAX_MS)
 
 envelopes = st.builds(
     Envelope,
     id=st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=MAX_ID),
     key=st.none() | texts,
     priority=st.sampled_from(Priority),
-    attempt=st.integers(min_value=1, max_value=10**6),
+    attempt=st.integers(min_value=1, max_value=MAX_ATTEMPT),
     created_ms=millis,
     enqueued_ms=millis,
     trace_id=st.none() | texts,
@@ -71,6 +80,32 @@ def test_an_id_that_is_empty_or_too_long_for_the_ledger_is_a_payload_error(lengt
     header = orjson.dumps({**orjson.loads(Envelope(id="x").to_json()), "id": "é" * length})
     with pytest.raises(PayloadError, match=f"envelope id of {length} characters; an id is 1-64"):
         Envelope.from_json(header)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"a": 0}, {"a": MAX_ATTEMPT + 1}, {"c": MAX_MS + 1}, {"q": -1},
+     {"c": 1_733_300_000_000_000}],  # microseconds, not milliseconds
+)
+def test_envelope_numbers_out_of_range_are_a_payload_error(change: dict[str, int]) -> None:
+    header = orjson.dumps({**orjson.loads(Envelope(id="x").to_json()), **change})
+    with pytest.raises(PayloadError, match="envelope numbers out of range"):
+        Envelope.from_json(header)
+
+
+def test_a_header_holding_anything_but_text_is_a_payload_error() -> None:
+    nested = "[" * 900 + '"deep"' + "]" * 900  # JSON nested deeper than orjson writes
+    for value in (nested, "7", '{"a": "b"}'):
+        base = Envelope(id="x").to_json()
+        header = base.replace(b'"h":{}', b'"h":{"x":' + value.encode() + b"}")
+        assert header != base
+        with pytest.raises(PayloadError, match="fields of the wrong type"):
+            Envelope.from_json(header)
+
+
+def test_a_header_that_is_not_text_is_refused_when_the_message_is_made() -> None:
+    with pytest.raises(PayloadError, match="message headers map text to text: 'n': 7"):
+        Envelope(id="x", headers={"n": 7}).to_json()  # type: ignore[dict-item]
 
 
 def test_an_id_of_the_longest_length_is_read() -> None:

@@ -15,20 +15,28 @@ import orjson
 
 from tidings.database import storable
 from tidings.errors import PayloadError
-from tidings.message import ERRORS_HEADER, HEADER_FIELD, PAYLOAD_FIELD, Envelope
+from tidings.message import ERRORS_HEADER, HEADER_FIELD, MAX_MS, PAYLOAD_FIELD, Envelope
 from tidings.tables.dead_letters import DEAD_KINDS
 
 # Order matters: a uuid or an e-mail holds hex runs and numbers of its own.
 _PLACEHOLDERS = (
     (re.compile(r"\b[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}\b", re.I), "<uuid>"),
-    (re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), "<email>"),
+    # Tried only where a run of address characters starts: from every position inside a long
+    # run the match would scan to its end again.
+    (re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), "<email>"),
     (re.compile(r"\b0x[0-9a-f]+\b|\b(?=[0-9a-f]*\d)[0-9a-f]{8,}\b", re.I), "<hex>"),
     (re.compile(r"\d+(?:\.\d+)?"), "<n>"),
 )
 
 
+_NORMALISED = 2_000
+
+
 def normalise(message: str) -> str:
     """The error message with its variable parts (ids, numbers, addresses) as placeholders."""
+    # Its start is enough to group by, and the patterns backtrack: the whole of a long reason
+    # (a handler's exception with a blob in it) froze the event loop for seconds.
+    message = message[:_NORMALISED]
     for pattern, placeholder in _PLACEHOLDERS:
         message = pattern.sub(placeholder, message)
     return " ".join(message.split())[:500]
@@ -46,7 +54,7 @@ def _text(fields: dict[bytes, bytes], name: bytes) -> str | None:
 
 
 _INT_MAX = 2**31 - 1  # an integer column
-_MS_MAX = 253_402_300_799_000  # the end of year 9999, as far as a datetime goes
+
 
 
 def _int(fields: dict[bytes, bytes], name: bytes, default: int) -> int:
@@ -59,13 +67,13 @@ def _int(fields: dict[bytes, bytes], name: bytes, default: int) -> int:
 def _ms(fields: dict[bytes, bytes], name: bytes, default: int) -> int:
     """A Unix time in ms (not an integer column: it needs more than 31 bits)."""
     try:
-        return min(max(int(fields[name]), 0), _MS_MAX)
+        return min(max(int(fields[name]), 0), MAX_MS)
     except (KeyError, ValueError):
         return default
 
 
 def _at(ms: int) -> datetime:
-    return datetime.fromtimestamp(min(max(ms, 0), _MS_MAX) / 1000, UTC)
+    return datetime.fromtimestamp(min(max(ms, 0), MAX_MS) / 1000, UTC)
 
 
 def error_history(headers: dict[str, Any]) -> list[dict[str, Any]]:
@@ -77,7 +85,17 @@ def error_history(headers: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     if not isinstance(items, list):
         return []
-    return [storable(i) for i in items if isinstance(i, dict) and isinstance(i.get("at_ms"), int)]
+    return [_failure(i) for i in items if isinstance(i, dict) and isinstance(i.get("at_ms"), int)]
+
+
+def _failure(item: dict[str, Any]) -> dict[str, Any]:
+    """One failure of the history, its fields as the consumer writes them; anything else (a
+    nested value from a foreign producer) is left out rather than walked."""
+    return {k: storable(v) if isinstance(v, str | int | float | bool | None) else None
+            for k, v in item.items() if k in _FAILURE_FIELDS}
+
+
+_FAILURE_FIELDS = ("attempt", "at_ms", "type", "message")
 
 
 def read_envelope(raw: bytes | None) -> Envelope | None:
