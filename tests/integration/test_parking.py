@@ -92,6 +92,14 @@ async def failed_once(app: App, attempts: list[int], redis: Redis) -> None:
     assert attempts == [1]
 
 
+async def parked_and_due(app: App, attempts: list[int], parking: Parking, redis: Redis) -> None:
+    """A retry parked in PostgreSQL, then two hours later: due."""
+    await failed_once(app, attempts, redis)
+    await parking.park(app.transport, delay_sets(app))
+    async with app.engine.begin() as conn:
+        await conn.execute(text("UPDATE parked_retries SET due_at = now()"))
+
+
 async def test_a_retry_due_in_hours_moves_from_redis_to_postgres(
     started: tuple[App, list[int], Parking], redis: Redis,
 ) -> None:
@@ -112,10 +120,7 @@ async def test_a_parked_retry_comes_back_when_nearly_due_and_runs_once(
     started: tuple[App, list[int], Parking], redis: Redis,
 ) -> None:
     app, attempts, parking = started
-    await failed_once(app, attempts, redis)
-    await parking.park(app.transport, delay_sets(app))
-    async with app.engine.begin() as conn:  # two hours pass
-        await conn.execute(text("UPDATE parked_retries SET due_at = now()"))
+    await parked_and_due(app, attempts, parking, redis)
     assert await parking.unpark(app.transport) == 1
     assert await parking.unpark(app.transport) == 0
 
@@ -165,10 +170,7 @@ async def test_retries_parked_already_come_back_while_parking_more_fails(
     started: tuple[App, list[int], Parking], redis: Redis,
 ) -> None:
     app, attempts, parking = started
-    await failed_once(app, attempts, redis)
-    await parking.park(app.transport, delay_sets(app))
-    async with app.engine.begin() as conn:  # two hours pass
-        await conn.execute(text("UPDATE parked_retries SET due_at = now()"))
+    await parked_and_due(app, attempts, parking, redis)
 
     def broken() -> list[str]:
         raise RuntimeError("cannot list the delay sets")
