@@ -102,7 +102,7 @@ class Envelope:
     headers: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        if not all(type(k) is str and type(v) is str for k, v in self.headers.items()):
+        if not _text_to_text(self.headers):
             # Refused here, where the producer sees it: a consumer would refuse the entry.
             raise PayloadError("message headers map text to text: "
                                + ", ".join(f"{k!r}: {v!r}" for k, v in self.headers.items()
@@ -174,10 +174,14 @@ def _well_typed(e: Envelope) -> bool:
         and type(e.enqueued_ms) is int
         and (e.trace_id is None or type(e.trace_id) is str)
         and type(e.headers) is dict
-        # Text to text, as producers give them: nothing nested (the dead-letter recorder walks
-        # what it stores, and a header nested a thousand deep would fail it on every try).
-        and all(type(k) is str and type(v) is str for k, v in e.headers.items())
+        and _text_to_text(e.headers)
     )
+
+
+def _text_to_text(headers: dict[Any, Any]) -> bool:
+    """Headers map text to text, as producers give them: nothing nested (the dead-letter
+    recorder walks what it stores, and a header nested a thousand deep failed it every try)."""
+    return all(type(k) is str and type(v) is str for k, v in headers.items())
 
 
 def encode(envelope: Envelope, payload: bytes) -> dict[bytes, bytes]:

@@ -56,7 +56,6 @@ def _text(fields: dict[bytes, bytes], name: bytes) -> str | None:
 _INT_MAX = 2**31 - 1  # an integer column
 
 
-
 def _int(fields: dict[bytes, bytes], name: bytes, default: int) -> int:
     try:
         return min(max(int(fields[name]), 1), _INT_MAX)
@@ -88,14 +87,14 @@ def error_history(headers: dict[str, Any]) -> list[dict[str, Any]]:
     return [_failure(i) for i in items if isinstance(i, dict) and isinstance(i.get("at_ms"), int)]
 
 
+_FAILURE_FIELDS = ("attempt", "at_ms", "type", "message")
+
+
 def _failure(item: dict[str, Any]) -> dict[str, Any]:
     """One failure of the history, its fields as the consumer writes them; anything else (a
     nested value from a foreign producer) is left out rather than walked."""
     return {k: storable(v) if isinstance(v, str | int | float | bool | None) else None
             for k, v in item.items() if k in _FAILURE_FIELDS}
-
-
-_FAILURE_FIELDS = ("attempt", "at_ms", "type", "message")
 
 
 def read_envelope(raw: bytes | None) -> Envelope | None:
