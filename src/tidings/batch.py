@@ -106,10 +106,16 @@ class Batch(Generic[T]):
         headers: dict[str, str] | None = None,
         trace_id: str | None = None,
     ) -> str:
-        """Validate now, publish after the handler returns (before the batch is acked)."""
+        """Validate now, publish after the handler returns (before the batch is acked);
+        PayloadError (and nothing queued) if the value does not fit the topic."""
         msg_id, stream, fields = topic.prepare(
             value, key=key, priority=priority, headers=headers, trace_id=trace_id
         )
+        self.add(topic, stream, fields)
+        return msg_id
+
+    def add(self, topic: Topic[Any], stream: str, fields: dict[bytes, bytes]) -> None:
+        """Publish an entry made by :meth:`Topic.prepare` after the handler returns: for a
+        handler that prepares every output of a message before it commits to any."""
         self.outgoing.append((stream, fields))
         self.targets.append(topic)
-        return msg_id

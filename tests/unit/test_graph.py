@@ -250,3 +250,43 @@ async def test_an_item_finished_in_a_routing_stage_is_acked_with_no_output() -> 
     assert email.published == 1
     assert dead == 0
     assert app.agents["g.route"].stats.processed == 2
+
+
+async def test_a_message_whose_output_does_not_fit_is_dead_lettered_and_sends_none() -> None:
+    app = App("g")
+    intake = app.topic("g.intake", model=Note, partitions=1)
+    email = app.topic("g.email", model=Note, partitions=1)
+    sms = app.topic("g.sms", model=Note, partitions=1)
+    sent: list[str] = []
+
+    async def fan_out_grown(items: list[Item]) -> list[Item]:
+        out = []
+        for item in items:  # the sms output of "big" outgrows the payload limit
+            for channel in ("email", "sms"):
+                big = channel == "sms" and item.value.text == "big"
+                grown = item.value.text * (500 if big else 1)
+                split = item.split(Note(text=grown))
+                split.route(channel)
+                out.append(split)
+        return out
+
+    async def record(items: list[Item]) -> list[Item]:
+        sent.extend(i.value.text[:3] for i in items)
+        return items
+
+    pipeline = Pipeline(app, "g")
+    pipeline.stage("route", source=intake, steps=[fan_out_grown],
+                   outputs={"email": email, "sms": sms})
+    pipeline.stage("email", source=email, steps=[record], terminal=True)
+    pipeline.stage("sms", source=sms, steps=[record], terminal=True)
+    pipeline.build()
+    settings = Settings(namespace="g", block_ms=20, max_payload_bytes=1024)
+    async with running(app, settings) as harness:
+        await intake.send_many([Note(text="big"), Note(text="s")])  # one read, one batch
+        await harness.drain()
+        dead = list(app.transport.streams[intake.keys(0).dead].entries.values())
+    assert sorted(sent) == ["s", "s"], "the small message went out on both channels"
+    assert (email.published, sms.published) == (1, 1), "nothing of the big one was published"
+    assert len(dead) == 1
+    reason = dead[0][b"dead.reason"].decode()
+    assert "output to 'g.sms' does not fit" in reason and "exceeds the limit of 1024" in reason

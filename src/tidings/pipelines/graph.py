@@ -15,7 +15,7 @@ from typing import Any
 
 from tidings.app import App
 from tidings.batch import Batch, RetryRequest
-from tidings.errors import ConfigurationError
+from tidings.errors import ConfigurationError, PayloadError
 from tidings.message import LEDGER_HEADER, Message, Priority
 from tidings.retry import RetryPolicy
 from tidings.topic import Topic
@@ -256,6 +256,7 @@ def _runner(stage: Stage) -> Callable[[Batch[Any]], Awaitable[None]]:
         # A message retried or rejected as a whole publishes none of its items' outputs: the
         # stage runs again for it (or never), and would publish them twice.
         held = {id(i.message) for i in items if i.rejected is not None or i.retrying is not None}
+        leaving = []
         for item in items:
             if item.rejected is not None:
                 batch.reject(item.message, item.rejected[0], kind=item.rejected[1])
@@ -264,7 +265,8 @@ def _runner(stage: Stage) -> Callable[[Batch[Any]], Awaitable[None]]:
                 batch.retry(item.message, r.reason, delay=r.delay, error_type=r.error_type,
                             policy=r.policy, count=r.count)
             elif item.dropped is None and id(item.message) not in held:
-                _dispatch(stage, batch, item)
+                leaving.append(item)
+        _dispatch(stage, batch, leaving)
 
     run_stage.__name__ = f"stage_{stage.name}"
     return run_stage
@@ -277,19 +279,42 @@ async def _run_steps(stage: Stage, items: list[Item]) -> list[Item]:
     return items
 
 
-def _dispatch(stage: Stage, batch: Batch[Any], item: Item) -> None:
-    if item.finished:
-        return
+Prepared = tuple[Topic[Any], str, dict[bytes, bytes]]  # (topic, stream, fields)
+
+
+def _dispatch(stage: Stage, batch: Batch[Any], items: list[Item]) -> None:
+    """Send each item through its output. A message with an item that cannot leave (no
+    output, or one that does not fit its topic, e.g. over the payload limit) is rejected and
+    sends none of its outputs."""
+    ready: list[tuple[Message[Any], Prepared]] = []
+    failed: set[int] = set()
+    for item in items:
+        leaving = _leave(stage, item)
+        if isinstance(leaving, str):
+            failed.add(id(item.message))
+            batch.reject(item.message, leaving)
+        elif leaving is not None:
+            ready.append((item.message, leaving))
+    for message, (topic, stream, fields) in ready:
+        if id(message) not in failed:
+            batch.add(topic, stream, fields)
+
+
+def _leave(stage: Stage, item: Item) -> Prepared | str | None:
+    """``item``'s output, encoded; None if it has nothing to send; why not, if it cannot."""
+    if item.finished or (item.output is None and stage.terminal):
+        return None
     if item.output is None:
-        if not stage.terminal:
-            batch.reject(item.message, f"stage {stage.name!r} gave it no output")
-        return
+        return f"stage {stage.name!r} gave it no output"
     topic = stage.outputs.get(item.output)
     if topic is None:
-        batch.reject(item.message, f"stage {stage.name!r} has no output {item.output!r}")
-        return
+        return f"stage {stage.name!r} has no output {item.output!r}"
     # Every output names the ledger message it descends from, for dead letters and replays.
     ledger_id = item.message.headers.get(LEDGER_HEADER, item.message.id)
-    batch.send(topic, item.value, key=item.key, priority=item.priority,
-               headers={LEDGER_HEADER: ledger_id},
-               trace_id=item.message.envelope.trace_id or item.message.id)
+    try:
+        _, stream, fields = topic.prepare(
+            item.value, key=item.key, priority=item.priority, headers={LEDGER_HEADER: ledger_id},
+            trace_id=item.message.envelope.trace_id or item.message.id)
+    except PayloadError as exc:
+        return f"stage {stage.name!r}: its output to {topic.name!r} does not fit: {exc}"
+    return topic, stream, fields
