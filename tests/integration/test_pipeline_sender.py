@@ -103,6 +103,24 @@ async def test_once_a_provider_call_breaks_no_other_starts_and_the_unsent_are_gi
     assert provider.calls["m3@example.com"] == 1
 
 
+async def test_a_leg_whose_message_left_the_ledger_is_dead_lettered_unsent_and_the_rest_sent(
+    engine: AsyncEngine, direct: DirectPool, ledger: LedgerWriter
+) -> None:
+    await _messages(direct, "m3")  # m9's message was deleted (retention) while it waited
+    provider = Breaking()
+    sender = Sender(ledger, Intents(direct, stale_after_s=0), {"email": provider},
+                    lambda _d: RetryPolicy(), concurrency=2)
+    gone, kept = _item("m9"), _item("m3")
+
+    await sender.deliver([gone, kept], Tally())
+    await ledger.flush()
+
+    assert provider.calls == {"m3@example.com": 1}
+    assert await _states(engine) == {"m3": "sent"}
+    assert gone.rejected is not None and kept.rejected is None
+    assert "no longer in the ledger" in gone.rejected[0]
+
+
 async def test_a_wave_cancelled_records_the_calls_that_ended_and_gives_back_the_rest(
     engine: AsyncEngine, direct: DirectPool, ledger: LedgerWriter
 ) -> None:

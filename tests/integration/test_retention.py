@@ -60,6 +60,33 @@ async def test_ledger_rows_older_than_the_cutoff_go_with_their_deliveries_and_ev
     ]
 
 
+async def test_a_message_whose_story_goes_on_is_kept_past_the_cutoff(
+    engine: AsyncEngine,
+) -> None:
+    old = NOW - timedelta(days=31)
+    direct = DirectPool.of(engine)
+    writer = LedgerWriter(direct, max_delay_ms=60_000)
+    try:
+        for name in ("waiting", "retried", "done"):
+            await writer.record_message(MessageRecord(name, "t", {}, created_at=old))
+        await writer.record_delivery("waiting", "email", "a@example.com", "sent", at=old)
+        await writer.record_delivery("waiting", "sms", "+15550100", "delayed", at=old)
+        await writer.record_delivery("retried", "email", "a@example.com", "failed",
+                                     at=NOW - timedelta(days=2))
+        await writer.record_delivery("done", "email", "a@example.com", "sent", at=old)
+        await writer.aclose()
+    finally:
+        await direct.aclose()
+
+    removed = await apply_retention(engine, Retention(ledger_days=30), NOW)
+
+    assert removed.messages == 1
+    assert await _ids(engine, "SELECT id FROM messages") == ["retried", "waiting"]
+    assert await _ids(engine, "SELECT DISTINCT message_id FROM deliveries") == [
+        "retried", "waiting"
+    ]
+
+
 async def test_deleting_in_small_batches_deletes_the_same_rows(engine: AsyncEngine) -> None:
     await _messages(engine, {f"m{i:02}": timedelta(days=40 + i) for i in range(11)}
                     | {"new": timedelta(days=1)})

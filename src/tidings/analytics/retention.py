@@ -2,7 +2,8 @@
 batches (one short transaction each) so that no lock is held for long.
 
 A message, its deliveries and its delivery events go together, by the message's acceptance
-time: a notification's story is kept whole or not at all. A roll-up row goes once its whole
+time: a notification's story is kept whole or not at all, and kept while it goes on (a leg
+still delayed, or one updated since the cutoff). A roll-up row goes once its whole
 bucket (minute, hour or day) is older than the cutoff.
 
 The ids of ledger flushes (``ledger_flushes``) matter only while their writer may write the
@@ -24,9 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tidings.errors import ConfigurationError
 
 _PREFIX = "TIDINGS_RETENTION_"
+# A message whose story goes on is kept whole: one with a leg waiting for a later time (its
+# send_at or the end of quiet hours may lie past the cutoff) or a leg touched since the cutoff.
 _DOOMED = text("""
-SELECT id FROM messages WHERE created_at < :cutoff
-ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED
+SELECT m.id FROM messages AS m
+WHERE m.created_at < :cutoff
+  AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.message_id = m.id
+                  AND (d.state = 'delayed' OR d.updated_at >= :cutoff))
+ORDER BY m.created_at LIMIT :limit FOR UPDATE OF m SKIP LOCKED
 """)
 # Long past any rewrite of the flush: its writer retries for seconds, then gives up or dies.
 FLUSH_IDS_KEPT: Final = timedelta(days=1)

@@ -49,15 +49,19 @@ CLAIMED = "claimed"
 """The leg is ours to send now."""
 BUSY = "busy"
 """Another consumer is sending it right now (its 'sending' row is fresh): look again later."""
+GONE = "gone"
+"""Its message is no longer in the ledger (retention deleted it): it cannot be sent once."""
 
 # A row in accepted / delayed / failed moves to 'sending' and is ours; a missing one is created
-# so; so is a 'sending' row that holds the leg's token. Any other state is reported as it was;
+# so (unless its message is gone from the ledger); so is a 'sending' row that holds the leg's
+# token. Any other state is reported as it was;
 # a 'sending' row younger than :stale_s is busy. The legs come as one JSON array of
 # [message_id, channel, recipient, token] (see direct.json_param).
 _CLAIM = Statement.parse("""
 WITH want AS (
     SELECT DISTINCT leg->>0 AS message_id, leg->>1 AS channel, leg->>2 AS recipient,
-                    leg->>3 AS token
+                    leg->>3 AS token,
+                    EXISTS (SELECT 1 FROM messages AS m WHERE m.id = leg->>0) AS known
     FROM json_array_elements(CAST(:legs AS json)) AS leg
 ), prior AS (
     SELECT d.message_id, d.channel, d.recipient, d.last_error,
@@ -67,7 +71,7 @@ WITH want AS (
     FROM deliveries AS d JOIN want USING (message_id, channel, recipient)
 ), claimed AS (
     INSERT INTO deliveries AS d (message_id, channel, recipient, state, claim_token)
-    SELECT message_id, channel, recipient, 'sending', token FROM want
+    SELECT message_id, channel, recipient, 'sending', token FROM want WHERE known
     ORDER BY message_id, channel, recipient
     ON CONFLICT (message_id, channel, recipient) DO UPDATE
         SET state = 'sending', updated_at = now(), claim_token = excluded.claim_token
@@ -75,8 +79,8 @@ WITH want AS (
            OR (d.state = 'sending' AND d.claim_token = excluded.claim_token)
     RETURNING d.message_id, d.channel, d.recipient
 )
-SELECT want.message_id, want.channel, want.recipient, want.token, prior.state AS prior,
-       prior.last_error, claimed.message_id IS NOT NULL AS claimed
+SELECT want.message_id, want.channel, want.recipient, want.token, want.known,
+       prior.state AS prior, prior.last_error, claimed.message_id IS NOT NULL AS claimed
 FROM want
 LEFT JOIN prior USING (message_id, channel, recipient)
 LEFT JOIN claimed USING (message_id, channel, recipient)
@@ -214,8 +218,8 @@ class Intents:
                                                     "channel": [c[1] for c in channels]})
 
     async def claim(self, legs: Sequence[DeliveryKey]) -> dict[DeliveryKey, Claim]:
-        """For each leg: CLAIMED (with its token), BUSY, or the state it was already in:
-        'sent', 'filtered', 'dead', or 'sending' (stale: its sender died; the outcome is
+        """For each leg: CLAIMED (with its token), BUSY, GONE, or the state it was already
+        in: 'sent', 'filtered', 'dead', or 'sending' (stale: its sender died; the outcome is
         unknown), with the leg's last recorded error."""
         result: dict[DeliveryKey, Claim] = {}
         fresh, now = uuid.uuid4().hex, time.monotonic()
@@ -243,6 +247,9 @@ class Intents:
         for row in rows:
             key = (row["message_id"], row["channel"], row["recipient"])
             prior = row["prior"]
+            if not row["known"]:
+                result[key] = Claim(GONE, None)
+                continue
             if row["claimed"]:
                 result[key] = Claim(CLAIMED, row["last_error"], row["token"])
                 continue

@@ -23,7 +23,7 @@ from tidings.notification import Channel
 from tidings.observability.deliveries import PipelineMetrics
 from tidings.observability.logs import current_trace, trace_of
 from tidings.pipelines.graph import Item
-from tidings.pipelines.intents import BUSY, CLAIMED, Claim, DeliveryKey, Intents
+from tidings.pipelines.intents import BUSY, CLAIMED, GONE, Claim, DeliveryKey, Intents
 from tidings.pipelines.ledger import DeliveryState, LedgerError, LedgerWriter
 from tidings.retry import RetryPolicy
 from tidings.sinks.base import PERMANENT, Delivery, Failure, Provider, SendResult, deliveries
@@ -36,6 +36,8 @@ log = logging.getLogger("tidings.sending")
 
 BREAKER_OPEN = "breaker_open"
 OUTCOME_UNKNOWN = "outcome_unknown"
+_GONE = ("not sent: its message is no longer in the ledger (retention deleted it), so nothing"
+         " would stop a second send; publish it again if it is still wanted")
 # Starts the ledger error of a leg whose send may or may not have happened: a plain replay
 # leaves such legs dead (only --force sends them again).
 UNKNOWN_PREFIX = "outcome unknown: "
@@ -290,8 +292,9 @@ class Sender:
                         " replay it with --force to send anyway", code=OUTCOME_UNKNOWN),
                 )
                 await self._record(run, unknown, tally, now_ms())
-            else:  # filtered or dead already: final, nothing to send or record
-                why = f"already {state}" + (f": {error}" if error else "")
+            else:  # filtered or dead already, or gone: nothing to send or record
+                why = _GONE if state == GONE else f"already {state}" + (
+                    f": {error}" if error else "")
                 run.failures.append(SendResult(
                     job.provider.name, job.channel, leg.address, leg.idempotency_key,
                     time.time(), 0.0, failure=Failure(PERMANENT, why, code=f"already_{state}")))
@@ -380,7 +383,7 @@ class Sender:
     async def _bury(self, run: _Run, tally: Tally) -> None:
         """Mark the run's failed legs dead: nothing will try them again."""
         for f in run.failures:
-            if _code(f) not in ("already_dead", "already_filtered"):
+            if _code(f) not in ("already_dead", "already_filtered", "already_gone"):
                 await self.ledger.record_delivery(run.dispatch.message_id, f.channel,
                                                   f.address, "dead", error=_reason(f))
                 tally.count(f.channel, "dead")
