@@ -66,19 +66,28 @@ def json_param(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NAIVE_UTC).decode()
 
 
+# SQLSTATEs that say the database cannot do it now, not that it refuses the statement: the
+# classes connection exception (08), transaction rollback (40: deadlock, serialization),
+# insufficient resources (53: disk full, out of memory, too many connections), operator
+# intervention (57: statement timeout, shutdown, starting up) and system error (58: I/O);
+# a read-only transaction (25006: a standby, as during a failover) and a lock not available.
+_RETRY_CLASSES = ("08", "40", "53", "57", "58")
+_RETRY_STATES = frozenset({"25006", "55P03"})
+
+
 def transient(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database could not be reached or went away (worth retrying),
-    rather than that it refused the statement.
+    """Whether ``exc`` says the database could not be reached, went away or could not do it
+    now (worth retrying), rather than that it refused the statement (a row it rejects).
 
     asyncpg's InternalClientError is one: a connection whose session the server ended mid-call
     (a restart) can be left believing a call is still in progress, and says so ("cannot
     switch to state 12; another operation (2) is in progress") for what is sent on it next.
     Taken for a refusal, it had a ledger row dropped as if the database had rejected it."""
-    return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError
-                      | asyncpg.InternalClientError
-                      | asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError
-                      | asyncpg.AdminShutdownError | asyncpg.CrashShutdownError
-                      | asyncpg.TooManyConnectionsError)
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError
+                  | asyncpg.InternalClientError):
+        return True
+    state = getattr(exc, "sqlstate", None)
+    return isinstance(state, str) and (state[:2] in _RETRY_CLASSES or state in _RETRY_STATES)
 
 
 class DirectPool:
