@@ -428,8 +428,12 @@ def render(summary: dict[str, Any], console: Console) -> None:
     dead = summary["dead_letters"]
     kinds = ", ".join(f"{n:,} {kind}" for kind, n in dead.items()
                       if n or kind in ("permanent", "exhausted"))
-    console.print(f"dead letters: {summary['dead_lettered']:,} ({kinds}) — expected: the"
-                  " permanent failures injected; inspect them with `tidings dlq`")
+    unexpected = summary["dead_lettered"] - dead["permanent"]
+    console.print(f"dead letters: {summary['dead_lettered']:,} ({kinds}) — permanent: the"
+                  " invalid numbers and unregistered tokens in the data"
+                  + (f"; {unexpected:,} more than those, which no injected fault explains"
+                     " (each strikes a leg once)" if unexpected else "")
+                  + "; inspect them with `tidings dlq`")
     if summary["failures"]:
         failures = Table(title="commonest failure reasons (recorded, never dropped)")
         for column in ("channel", "outcome", "reason", "legs"):

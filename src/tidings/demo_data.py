@@ -202,9 +202,10 @@ class InjectedFault:
 
 
 def inject_faults(http: HttpCapture, count: int) -> list[InjectedFault]:
-    """Transient faults, spread over the run, that a later attempt gets past: 503 / 429 / 502
-    replies, garbage 200 replies and SMS replies slower than the read timeout. (The permanent
-    ones are in the data: invalid numbers, unregistered device tokens.)"""
+    """Transient faults, spread over the run, that the next attempt gets past (each strikes a
+    leg at most once, so none is exhausted by them): 503 / 429 / 502 replies, garbage 200
+    replies and SMS replies slower than the read timeout. (The permanent ones are in the data:
+    invalid numbers, unregistered device tokens.)"""
     n = max(2, count // 100)
     plan: list[tuple[Endpoint, str, dict[str, Any]]] = [
         ("push", "HTTP 503 UNAVAILABLE", {"status": 503, "times": n, "rate": 0.1}),
@@ -218,5 +219,5 @@ def inject_faults(http: HttpCapture, count: int) -> list[InjectedFault]:
         ("sms", f"no reply within {READ_TIMEOUT_S:g} s", {
             "status": None, "latency_s": READ_TIMEOUT_S + 0.5, "times": 2, "rate": 0.05}),
     ]
-    return [InjectedFault(endpoint, what, http.fault(endpoint, **options), options["times"])
-            for endpoint, what, options in plan]
+    return [InjectedFault(endpoint, what, http.fault(endpoint, again=False, **options),
+                          options["times"]) for endpoint, what, options in plan]

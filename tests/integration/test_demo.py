@@ -73,6 +73,7 @@ async def test_injected_faults_end_as_retries_and_dead_letters(kept: dict[str, A
     assert kept["total"]["retried"] > 0
     assert kept["total"]["dead"] > 0
     assert kept["dead_lettered"] > 0
+    assert kept["dead_letters"]["exhausted"] == 0, "an injected fault strikes a leg once"
 
 
 async def test_the_summary_equals_the_ledger(kept: dict[str, Any], database_url: str) -> None:

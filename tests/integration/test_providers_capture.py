@@ -45,6 +45,25 @@ async def test_a_fault_with_a_rate_hits_about_that_share_of_requests(
     assert shared_server.counts.faults == statuses.count(503)
 
 
+async def test_a_fault_that_strikes_once_lets_every_retry_of_a_request_through(
+    shared_server: HttpCapture, http: httpx.AsyncClient
+) -> None:
+    shared_server.fault("sms", status=503, times=None, again=False)
+    shared_server.fault("sms", status=429, times=None, again=False)
+
+    async def send(key: str) -> int:
+        reply = await http.post(SMS_PATH, data=sms_form(), headers={"Idempotency-Key": key})
+        return reply.status_code
+
+    assert [await send("leg-1") for _ in range(3)] == [503, 201, 201]
+    assert await send("leg-2") == 503, "another request is struck"
+    shared_server.fault("push", status=503, times=None, again=False)
+    statuses = [(await http.post(PUSH_PATH, json={"message": {"token": t}})).status_code
+                for t in ("a", "a", "b", "b")]  # no key: a retry is the same body
+    assert statuses == [503, 200, 503, 200]
+    assert shared_server.counts.faults == 4
+
+
 async def test_latency_alone_delays_a_normal_answer(
     shared_server: HttpCapture, http: httpx.AsyncClient
 ) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import random
 import re
 import socket
@@ -66,6 +67,9 @@ class Fault:
     """How many requests it applies to; None for every request."""
     rate: float = 1.0
     """Share of requests it applies to (seeded, so repeatable)."""
+    again: bool = True
+    """Whether it may strike a request that a fault struck before (a retry of it: the same
+    idempotency key or, without one, the same body). False: every retry gets past."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,12 @@ class Counts:
     duplicates: int = 0
     bad_signatures: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
+
+
+async def _identity(request: Request) -> str:
+    """What a retry of ``request`` has in common with it: its idempotency key, or its body."""
+    key = request.headers.get("idempotency-key")
+    return "key:" + key if key else "body:" + hashlib.sha256(await request.body()).hexdigest()
 
 
 def _twilio_error(status: int, code: int, message: str) -> JSONResponse:
@@ -156,6 +166,7 @@ class HttpCapture:
         self.unregistered: set[str] = set()
         self.counts = Counts()
         self._idempotent: OrderedDict[str, str] = OrderedDict()
+        self._struck: OrderedDict[str, None] = OrderedDict()  # requests a fault struck once
         self._keep = keep
         self._faults: dict[Endpoint, list[Fault]] = {"sms": [], "push": [], "webhook": []}
         self._random = random.Random(seed)
@@ -174,9 +185,11 @@ class HttpCapture:
     # -- faults ----------------------------------------------------------------------------
 
     def fault(self, endpoint: Endpoint, *, status: int | None = 500, body: bytes | None = None,
-              latency_s: float = 0.0, times: int | None = 1, rate: float = 1.0) -> Fault:
-        """Make the next ``times`` requests (None: all) to ``endpoint`` misbehave."""
-        rule = Fault(status, body, latency_s, times, rate)
+              latency_s: float = 0.0, times: int | None = 1, rate: float = 1.0,
+              again: bool = True) -> Fault:
+        """Make the next ``times`` requests (None: all) to ``endpoint`` misbehave (see
+        :class:`Fault` for the options)."""
+        rule = Fault(status, body, latency_s, times, rate, again)
         self._faults[endpoint].append(rule)
         return rule
 
@@ -191,16 +204,19 @@ class HttpCapture:
             captured.clear()
         self.unregistered.clear()
         self._idempotent.clear()
+        self._struck.clear()
         self.counts = Counts()
 
-    async def _injected(self, endpoint: Endpoint) -> Fault | None:
+    async def _injected(self, endpoint: Endpoint, request: Request) -> Fault | None:
+        identity = ""
         for rule in self._faults[endpoint]:
+            if not rule.again:
+                identity = identity or await _identity(request)
+                if identity in self._struck:
+                    continue
             if rule.rate < 1.0 and self._random.random() >= rule.rate:
                 continue
-            if rule.times is not None:
-                rule.times -= 1
-                if rule.times <= 0:
-                    self._faults[endpoint].remove(rule)
+            self._strike(endpoint, rule, identity)
             if rule.latency_s:
                 await asyncio.sleep(rule.latency_s)
             if rule.status is None and rule.body is None:
@@ -208,6 +224,17 @@ class HttpCapture:
             self.counts.faults += 1
             return rule
         return None
+
+    def _strike(self, endpoint: Endpoint, rule: Fault, identity: str) -> None:
+        """Count one use of ``rule`` (gone once used up) on the request ``identity``."""
+        if not rule.again:
+            self._struck[identity] = None
+            if len(self._struck) > self._keep:
+                self._struck.popitem(last=False)
+        if rule.times is not None:
+            rule.times -= 1
+            if rule.times <= 0:
+                self._faults[endpoint].remove(rule)
 
     def _reply(self, response: Response) -> Response:
         self.counts.by_status[response.status_code] = (
@@ -220,7 +247,7 @@ class HttpCapture:
         return self._reply(await self._sms_reply(request))
 
     async def _sms_reply(self, request: Request) -> Response:
-        fault = await self._injected("sms")
+        fault = await self._injected("sms", request)
         if fault is not None:
             if fault.body is not None:
                 return Response(fault.body, fault.status or 200)
@@ -269,7 +296,7 @@ class HttpCapture:
         return self._reply(await self._push_reply(request))
 
     async def _push_reply(self, request: Request) -> Response:
-        fault = await self._injected("push")
+        fault = await self._injected("push", request)
         if fault is not None:
             if fault.body is not None:
                 return Response(fault.body, fault.status or 200)
@@ -295,7 +322,7 @@ class HttpCapture:
         return self._reply(await self._webhook_reply(request))
 
     async def _webhook_reply(self, request: Request) -> Response:
-        fault = await self._injected("webhook")
+        fault = await self._injected("webhook", request)
         if fault is not None:
             return Response(fault.body or b"injected fault", fault.status or 200)
         body = await request.body()
