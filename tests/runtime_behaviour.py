@@ -366,6 +366,21 @@ class RuntimeBehaviour:
         assert await transport.due_after(delayed, 0, 10) != []
         assert [m for m, _ in await transport.due_after(delayed, 0, 10)] == [b"e1\x00d"]
 
+    async def test_a_delay_set_member_not_written_by_tidings_moves_on_and_stalls_nothing(
+        self, settings: Settings, connect: Connect
+    ) -> None:
+        transport = connect()
+        keys = PartitionKeys(settings.namespace, TOPIC, 0)
+        delayed, retry = keys.delayed(AGENT), keys.retry(AGENT)
+        due = now_ms() - 10
+        await transport.schedule([(delayed, b"garbage", due), (delayed, b"e1\x00d1", due)])
+
+        assert await transport.promote(delayed, retry, 10) == (2, None)
+
+        fields = sorted((f for _, f in await stream_entries(transport, retry)),
+                        key=lambda f: f[b"e"])
+        assert fields == [{b"e": b"e1", b"d": b"d1"}, {b"e": b"garbage", b"d": b""}]
+
     async def test_a_retry_signal_waits_the_delay_it_asks_for(
         self, settings: Settings, connect: Connect
     ) -> None:

@@ -69,9 +69,12 @@ local t = redis.call('time')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('zrangebyscore', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, member in ipairs(due) do
+  -- As transport.unpack_delayed: a member with no NUL (not written by tidings) moves on
+  -- whole as the header, to be dead-lettered by its reader, rather than fail every promotion.
+  local header, payload = member, ''
   local cut = string.find(member, '\\0', 1, true)
-  redis.call('xadd', KEYS[2], '*', 'e', string.sub(member, 1, cut - 1),
-             'd', string.sub(member, cut + 1))
+  if cut then header, payload = string.sub(member, 1, cut - 1), string.sub(member, cut + 1) end
+  redis.call('xadd', KEYS[2], '*', 'e', header, 'd', payload)
   redis.call('zrem', KEYS[1], member)
 end
 local nxt = redis.call('zrange', KEYS[1], 0, 0, 'WITHSCORES')

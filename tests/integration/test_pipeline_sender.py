@@ -117,7 +117,8 @@ async def test_a_leg_whose_message_left_the_ledger_is_dead_lettered_unsent_and_t
 
     assert provider.calls == {"m3@example.com": 1}
     assert await _states(engine) == {"m3": "sent"}
-    assert gone.rejected is not None and kept.rejected is None
+    assert gone.rejected is not None
+    assert kept.rejected is None
     assert "no longer in the ledger" in gone.rejected[0]
 
 
