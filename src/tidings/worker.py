@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
+from sqlalchemy.exc import IntegrityError
 
 from tidings.app import App
 from tidings.errors import ConfigurationError
@@ -195,12 +196,16 @@ class Worker:
 
     async def _prepare_database(self) -> None:
         from tidings import migrate
-        from tidings.tables import consumers
 
         if self.migrate:
             await migrate.upgrade(self.app.engine, self.settings.database_schema)
         else:
             await migrate.check_current(self.app.engine, self.settings.database_schema)
+        await self._register_groups()
+
+    async def _register_groups(self) -> None:
+        from tidings.tables import consumers
+
         async with self.app.engine.begin() as conn:
             for agent in self.agents:
                 self._group_ids[agent.name] = await consumers.register_group(
@@ -223,6 +228,9 @@ class Worker:
                 if being_cancelled():
                     raise asyncio.CancelledError from exc
                 log.error("heartbeat failed: %s: %s", type(exc).__name__, exc)
+                if isinstance(exc, IntegrityError):  # a group's row was deleted (by hand)
+                    with suppress(Exception):
+                        await self._register_groups()
             await asyncio.sleep(self.settings.heartbeat_interval_s)
 
     async def _mark_stopped(self) -> None:

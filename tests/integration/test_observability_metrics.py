@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings import App, Message, Reject, Settings, Worker
 from tidings.database import create_engine, quote_ident
@@ -188,3 +189,37 @@ async def _drop_schema(database_url: str, schema: str) -> None:
         async with engine.begin() as conn:
             await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
     await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_worker_whose_group_row_was_deleted_registers_it_again_and_beats_on(
+    redis_url: str, database_url: str, namespace: str, schema_name: str
+) -> None:
+    config = settings(redis_url, namespace, database_url=database_url,
+                      database_schema=schema_name, heartbeat_interval_s=0.1)
+    worker = Worker(build(), config)
+    task = asyncio.create_task(worker.run())
+    engine = create_engine(database_url, schema=schema_name, pool_size=1, connect_timeout=5)
+    try:
+        await _until_rows(engine, "SELECT id FROM consumer_instances")
+        async with engine.begin() as conn:  # an operator tidying up by hand
+            await conn.execute(text("DELETE FROM consumer_groups"))
+
+        await _until_rows(engine, "SELECT i.id FROM consumer_instances AS i"
+                                  " JOIN consumer_groups AS g ON g.id = i.group_id"
+                                  " WHERE i.last_heartbeat_at > now() - interval '1 second'")
+    finally:
+        await engine.dispose()
+        worker.request_stop()
+        await asyncio.wait_for(task, 30)
+        await _drop_schema(database_url, schema_name)
+
+
+async def _until_rows(engine: AsyncEngine, query: str) -> None:
+    for _ in range(100):
+        with contextlib.suppress(Exception):  # the schema may not be there yet
+            async with engine.connect() as conn:
+                if (await conn.execute(text(query))).first() is not None:
+                    return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no row for {query!r}")
