@@ -12,7 +12,9 @@ from pydantic import BaseModel
 
 from tidings import App, Settings
 from tidings.pipelines import GraphError, Item, Pipeline
+from tidings.pipelines.graph import Step
 from tidings.testing import running
+from tidings.topic import Topic
 
 
 class Note(BaseModel):
@@ -38,6 +40,23 @@ def two_stage(app: App) -> Pipeline:
     pipeline.stage("route", source=intake, steps=[keep], outputs={"email": email})
     pipeline.stage("send", source=email, steps=[keep], terminal=True)
     return pipeline
+
+
+def email_and_sms(app: App, route: Step, sent: list[str]) -> tuple[Topic[Note], ...]:
+    """intake → ``route`` → email / sms stages that note each text they get; built."""
+    intake, email, sms = (app.topic(f"g.{n}", model=Note, partitions=1)
+                          for n in ("intake", "email", "sms"))
+
+    async def record(items: list[Item]) -> list[Item]:
+        sent.extend(i.value.text for i in items)
+        return items
+
+    pipeline = Pipeline(app, "g")
+    pipeline.stage("route", source=intake, steps=[route], outputs={"email": email, "sms": sms})
+    pipeline.stage("email", source=email, steps=[record], terminal=True)
+    pipeline.stage("sms", source=sms, steps=[record], terminal=True)
+    pipeline.build()
+    return intake, email, sms
 
 
 def test_a_well_formed_graph_builds_and_registers_one_batch_agent_per_stage() -> None:
@@ -185,10 +204,7 @@ async def test_a_step_that_loses_an_item_dead_letters_its_message() -> None:
 
 async def test_a_message_retried_as_a_whole_publishes_its_outputs_once() -> None:
     app = App("g")
-    intake = app.topic("g.intake", model=Note, partitions=1)
-    email = app.topic("g.email", model=Note, partitions=1)
-    sms = app.topic("g.sms", model=Note, partitions=1)
-    sent: list[tuple[str, str]] = []
+    sent: list[str] = []
 
     async def fan_out_sms_failing_once(items: list[Item]) -> list[Item]:
         out = []
@@ -202,16 +218,7 @@ async def test_a_message_retried_as_a_whole_publishes_its_outputs_once() -> None
                 out.append(split)
         return out
 
-    async def record(items: list[Item]) -> list[Item]:
-        sent.extend(("", i.value.text) for i in items)
-        return items
-
-    pipeline = Pipeline(app, "g")
-    pipeline.stage("route", source=intake, steps=[fan_out_sms_failing_once],
-                   outputs={"email": email, "sms": sms})
-    pipeline.stage("email", source=email, steps=[record], terminal=True)
-    pipeline.stage("sms", source=sms, steps=[record], terminal=True)
-    pipeline.build()
+    intake, email, sms = email_and_sms(app, fan_out_sms_failing_once, sent)
     async with running(app, Settings(namespace="g", block_ms=20)) as harness:
         await intake.send(Note(text="a"))
         await harness.drain()
@@ -254,9 +261,6 @@ async def test_an_item_finished_in_a_routing_stage_is_acked_with_no_output() -> 
 
 async def test_a_message_whose_output_does_not_fit_is_dead_lettered_and_sends_none() -> None:
     app = App("g")
-    intake = app.topic("g.intake", model=Note, partitions=1)
-    email = app.topic("g.email", model=Note, partitions=1)
-    sms = app.topic("g.sms", model=Note, partitions=1)
     sent: list[str] = []
 
     async def fan_out_grown(items: list[Item]) -> list[Item]:
@@ -264,22 +268,12 @@ async def test_a_message_whose_output_does_not_fit_is_dead_lettered_and_sends_no
         for item in items:  # the sms output of "big" outgrows the payload limit
             for channel in ("email", "sms"):
                 big = channel == "sms" and item.value.text == "big"
-                grown = item.value.text * (500 if big else 1)
-                split = item.split(Note(text=grown))
+                split = item.split(Note(text=item.value.text * (500 if big else 1)))
                 split.route(channel)
                 out.append(split)
         return out
 
-    async def record(items: list[Item]) -> list[Item]:
-        sent.extend(i.value.text[:3] for i in items)
-        return items
-
-    pipeline = Pipeline(app, "g")
-    pipeline.stage("route", source=intake, steps=[fan_out_grown],
-                   outputs={"email": email, "sms": sms})
-    pipeline.stage("email", source=email, steps=[record], terminal=True)
-    pipeline.stage("sms", source=sms, steps=[record], terminal=True)
-    pipeline.build()
+    intake, email, sms = email_and_sms(app, fan_out_grown, sent)
     settings = Settings(namespace="g", block_ms=20, max_payload_bytes=1024)
     async with running(app, settings) as harness:
         await intake.send_many([Note(text="big"), Note(text="s")])  # one read, one batch
