@@ -22,7 +22,7 @@ from tidings.pipelines.ledger import LedgerError, LedgerWriter, MessageRecord
 from tidings.pipelines.notifications import Dispatch, NotificationPipeline, Tally
 from tidings.pipelines.sending import Sender
 from tidings.retry import RetryPolicy
-from tidings.sinks.base import Delivery, Provider, SendResult
+from tidings.sinks.base import PERMANENT, TRANSIENT, Delivery, Failure, Provider, SendResult
 from tidings.tables import deliveries
 from tidings.testing import running
 
@@ -120,6 +120,59 @@ async def test_a_leg_whose_message_left_the_ledger_is_dead_lettered_unsent_and_t
     assert gone.rejected is not None
     assert kept.rejected is None
     assert "no longer in the ledger" in gone.rejected[0]
+
+
+async def test_a_retry_sends_again_only_the_legs_that_failed_transiently(
+    engine: AsyncEngine, direct: DirectPool, ledger: LedgerWriter
+) -> None:
+    class Push:  # no idempotency key: a lost reply is an outcome unknown
+        name, channel = "fcm", "push"
+
+        def __init__(self) -> None:
+            self.calls: Counter[str] = Counter()
+
+        async def send(self, delivery: Delivery) -> SendResult:
+            self.calls[delivery.address] += 1
+            failure = {
+                "lost": Failure(TRANSIENT, "no reply in time", code="timeout",
+                                maybe_delivered=True),
+                "gone": Failure(PERMANENT, "UNREGISTERED", code="bad_address"),
+                "busy": Failure(TRANSIENT, "HTTP 503", http_status=503),
+            }[delivery.address]
+            return SendResult(self.name, "push", delivery.address, delivery.idempotency_key,
+                              0.0, 1.0, failure=failure)
+
+        async def aclose(self) -> None:
+            return None
+
+    def attempt(n: int) -> Item:
+        content = Content(body="hi")
+        note = Notification(type="order.shipped", channels=["push"], content=content,
+                            recipient=Recipient(user_id="u1", device_tokens=["lost", "gone",
+                                                                             "busy"]))
+        d = Dispatch(message_id="m1", notification=note, channels=("push",), mode="fanout",
+                     contents={"push": content}, accepted_ms=now_ms())
+        return Item(Message(d, Envelope(id="m1", attempt=n), "0-1", 0), d, None,
+                    Priority.NORMAL)
+
+    await _messages(direct, "m1")
+    provider = Push()
+    sender = Sender(ledger, Intents(direct, stale_after_s=0), {"push": provider},
+                    lambda _d: RetryPolicy(max_attempts=2))
+    first, second = attempt(1), attempt(2)
+
+    await sender.deliver([first], Tally())
+    await ledger.flush()  # as the batch's settle does before its retries go out
+    await sender.deliver([second], Tally())
+    await ledger.flush()
+
+    assert first.retrying is not None
+    assert provider.calls == {"lost": 1, "gone": 1, "busy": 2}, "the lost reply is not resent"
+    assert second.rejected is not None
+    assert second.rejected[1] == "exhausted"
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(deliveries.c.recipient, deliveries.c.state))
+        assert dict(rows.all()) == {"lost": "dead", "gone": "dead", "busy": "dead"}
 
 
 async def test_a_wave_cancelled_records_the_calls_that_ended_and_gives_back_the_rest(

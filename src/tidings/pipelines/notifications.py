@@ -148,6 +148,12 @@ class Tally:
                 if accepted >= since_ms]
 
 
+def provider_client(settings: ProviderSettings) -> httpx.AsyncClient:
+    """The HTTP client the providers share, with ``TIDINGS_HTTP_TIMEOUT`` on every phase."""
+    return httpx.AsyncClient(limits=httpx.Limits(max_connections=8),
+                             timeout=settings.http_timeout)
+
+
 async def providers_from_env(app: App) -> dict[Channel, Provider]:
     """Providers for every channel configured by TIDINGS_SMTP_* / _TWILIO_* / _FCM_* / ...,
     behind circuit breakers kept in Redis (shared by every worker process)."""
@@ -156,7 +162,7 @@ async def providers_from_env(app: App) -> dict[Channel, Provider]:
     store: BreakerStore = (RedisBreakerStore(transport.client, app.namespace)
                            if isinstance(transport, RedisTransport) else MemoryBreakerStore())
     breakers = CircuitBreakers(store, default=BreakerConfig.from_config(settings.breaker))
-    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=8))
+    client = provider_client(settings)
     providers = build_providers(settings, client, breakers=breakers)
     app.on_stop(lambda _: client.aclose())
     return providers

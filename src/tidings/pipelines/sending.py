@@ -36,6 +36,7 @@ log = logging.getLogger("tidings.sending")
 
 BREAKER_OPEN = "breaker_open"
 OUTCOME_UNKNOWN = "outcome_unknown"
+NOT_SENDABLE = "not_sendable"  # no provider for the channel, or no address on the recipient
 _GONE = ("not sent: its message is no longer in the ledger (retention deleted it), so nothing"
          " would stop a second send; publish it again if it is still wanted")
 # Starts the ledger error of a leg whose send may or may not have happened: a plain replay
@@ -265,7 +266,7 @@ class Sender:
         address = n.recipient.user_id
         failure = SendResult("none" if provider is None else provider.name, channel, address,
                              "", time.time(), 0.0,
-                             failure=Failure(PERMANENT, reason, code="not_sendable"))
+                             failure=Failure(PERMANENT, reason, code=NOT_SENDABLE))
         await self._record(run, failure, tally, now_ms())
         return None
 
@@ -327,17 +328,24 @@ class Sender:
             await self._bury(run, tally)
             return
         item = run.item
+        failures = run.failures = [self._unless_ambiguous(f) for f in run.failures]
+        transient = [f for f in failures if f.failure is not None and f.failure.transient]
+        # A retry sends again every leg still 'failed' in the ledger; one sent that failed for
+        # good (an outcome unknown above all: it may have arrived) is dead before that. (One
+        # not sendable is never sent, and is found so again: it is buried once, at the end.)
+        final = [f for f in failures if f.failure is not None and not f.failure.transient
+                 and f.failure.code != NOT_SENDABLE]
         if run.busy:
             if not await self._expired(run, self.busy_wait_s, tally):
+                await self._bury(run, tally, final)
                 item.retry("another worker is sending it", delay=self.busy_wait_s, count=False)
             return
-        failures = run.failures = [self._unless_ambiguous(f) for f in run.failures]
         reason = "; ".join(f"{f.channel} via {f.provider}: {_reason(f)}" for f in failures)
-        transient = [f for f in failures if f.failure is not None and f.failure.transient]
         if transient and all(_code(f) == BREAKER_OPEN for f in transient):
             wait = max(f.failure.retry_after or 1.0 for f in transient if f.failure)
             if await self._expired(run, wait, tally):
                 return
+            await self._bury(run, tally, final)
             item.retry(reason, delay=wait, count=False, error_type=BREAKER_OPEN)
             tally.count("*", "waiting")
             self._count_retried(run, transient)
@@ -346,6 +354,7 @@ class Sender:
         if transient:
             delay = self._next_delay(run, transient)
             if delay is not None:
+                await self._bury(run, tally, final)
                 item.retry(reason, delay=delay, policy=self.policy_for(run.dispatch),
                            error_type=_code(transient[0]))
                 tally.count(transient[0].channel, "retried")
@@ -380,9 +389,10 @@ class Sender:
         run.item.reject(f"still waiting after the {deadline:.0f}s deadline", kind="exhausted")
         return True
 
-    async def _bury(self, run: _Run, tally: Tally) -> None:
-        """Mark the run's failed legs dead: nothing will try them again."""
-        for f in run.failures:
+    async def _bury(self, run: _Run, tally: Tally,
+                    failures: list[SendResult] | None = None) -> None:
+        """Mark the run's failed legs (or these of them) dead: nothing will try them again."""
+        for f in run.failures if failures is None else failures:
             if _code(f) not in ("already_dead", "already_filtered", "already_gone"):
                 await self.ledger.record_delivery(run.dispatch.message_id, f.channel,
                                                   f.address, "dead", error=_reason(f))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -17,23 +18,62 @@ def is_retryable(status: int) -> bool:
     return status >= 500 or status in _RETRYABLE
 
 
+# A provider's reply is a few hundred bytes; one far larger is not worth holding in memory.
+MAX_REPLY_BYTES = 1 << 20
+
+
 async def post(client: httpx.AsyncClient, url: str, **kwargs: Any) -> httpx.Response | Failure:
-    """POST, turning every way the request can fail to happen into a classified Failure."""
+    """POST, turning every way the request can fail to happen into a classified Failure.
+
+    The whole exchange is bounded by the sum of the client's timeouts (httpx's own apply to
+    each read: a reply that trickles in would hold the send forever), and the reply by
+    :data:`MAX_REPLY_BYTES`. Reasons name the provider by its origin alone: the rest of a URL
+    (a webhook's path, its user and password) may hold a secret."""
+    where = origin(url)
+    auth = kwargs.pop("auth", httpx.USE_CLIENT_DEFAULT)  # send()'s, not the request's
     try:
-        return await client.post(url, **kwargs)
-    except httpx.TimeoutException as exc:
+        async with asyncio.timeout(_deadline(client.timeout)):
+            response = await client.send(client.build_request("POST", url, **kwargs),
+                                         auth=auth, stream=True)
+            try:
+                length = response.headers.get("content-length", "")
+                if length.isdigit() and int(length) > MAX_REPLY_BYTES:
+                    return Failure(TRANSIENT, f"HTTP {response.status_code} with a reply of"
+                                   f" {int(length):,} bytes from {where}, over the"
+                                   f" {MAX_REPLY_BYTES:,} read", code="bad_reply",
+                                   http_status=response.status_code)
+                await response.aread()
+            finally:
+                await response.aclose()
+        return response
+    except (httpx.TimeoutException, TimeoutError) as exc:
         # Connecting or waiting for a pooled connection: nothing was sent. Otherwise it may.
         sent = not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
-        return Failure(TRANSIENT, f"no reply in time ({type(exc).__name__}) from {url}",
+        return Failure(TRANSIENT, f"no reply in time ({type(exc).__name__}) from {where}",
                        code="timeout", maybe_delivered=sent)
     except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-        return Failure(PERMANENT, f"unusable provider URL {url!r}: {exc}", code="bad_url")
+        return Failure(PERMANENT, f"unusable provider URL ({where}): {exc}", code="bad_url")
     except httpx.HTTPError as exc:
         detail = str(exc) or type(exc).__name__
         # The connection broke after the request went out (no reply): it may have arrived.
         sent = isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError)
-        return Failure(TRANSIENT, f"could not reach {url}: {detail}", code="connection",
+        return Failure(TRANSIENT, f"could not reach {where}: {detail}", code="connection",
                        maybe_delivered=sent)
+
+
+def _deadline(timeout: httpx.Timeout) -> float | None:
+    parts = (timeout.connect, timeout.write, timeout.read, timeout.pool)
+    return None if any(p is None for p in parts) else sum(p for p in parts if p is not None)
+
+
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``, for messages (never its user, password or path)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "an invalid URL"
+    port = f":{parsed.port}" if parsed.port is not None else ""
+    return f"{parsed.scheme}://{parsed.host}{port}" if parsed.host else "a URL with no host"
 
 
 def snippet(body: bytes, limit: int = 120) -> str:
