@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import typer
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 from typer.testing import CliRunner
@@ -140,6 +142,26 @@ def test_purge_asks_first_and_keeps_the_replay_audit(letters: Env) -> None:
     assert "purged 2 dead letter(s)" in purged
     assert [r["topic"] for r in as_json(letters, "list")] == ["email"]
     assert audit_rows(letters) == 1
+
+
+def test_purge_deletes_only_the_letters_it_asked_about(
+    letters: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def yes_while_another_letter_arrives(text: str, *args: Any, **kwargs: Any) -> bool:
+        with ThreadPoolExecutor(1) as pool:  # park() runs an event loop of its own
+            pool.submit(park, letters, "sms", "arrived while the prompt was read").result()
+        return "Purge 2 dead letter(s)" in text
+
+    monkeypatch.setattr(typer, "confirm", yes_while_another_letter_arrives)
+    assert "purged 2 dead letter(s)" in tidings(letters, "purge", "--topic", "sms")
+    assert [r["id"] for r in as_json(letters, "list", "--topic", "sms")] == [4]
+
+
+def test_replay_of_ids_is_narrowed_by_the_other_options(letters: Env) -> None:
+    done = as_json(letters, "replay", "1", "3", "--topic", "email")
+
+    assert [r["id"] for r in done] == [3]
+    assert as_json(letters, "show", "1")["state"] == "dead", "an sms letter: not replayed"
 
 
 def test_purge_older_than_spares_recent_letters(letters: Env) -> None:

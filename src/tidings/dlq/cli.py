@@ -207,7 +207,7 @@ def replay(
     async def body(store: DeadLetters, client: Redis | None) -> None:
         from tidings.dlq.replay import Replayer
 
-        chosen = list(ids) if ids else await store.ids(selection)
+        chosen = await store.ids(selection)  # the ids given, if any, as narrowed by the rest
         assert client is not None  # asked for with redis=True
         replayer = Replayer(store.engine, client, _cli().settings().namespace,
                             by=by or getpass.getuser())
@@ -278,14 +278,18 @@ def purge(
         _fail(ValueError("say which letters: IDs, --all, --topic, --kind, --filter, --older-than"))
 
     async def body(store: DeadLetters, _: Redis | None) -> None:
+        from tidings.dlq.store import Selection
+
         out = _cli().out
-        count = await store.count(selection)
-        if not count:
+        # Exactly the letters counted (and confirmed): not those that arrive meanwhile.
+        chosen = await store.ids(selection)
+        if not chosen:
             out.print("no dead letter matches: nothing purged")
             return
-        if not yes and not typer.confirm(f"Purge {count} dead letter(s) for good?"):
+        if not yes and not typer.confirm(f"Purge {len(chosen)} dead letter(s) for good?"):
             _cli().err.print("nothing purged")
             raise typer.Exit(1)
-        out.print(f"purged {await store.purge(selection)} dead letter(s)")
+        purged = await store.purge(Selection(ids=tuple(chosen)))
+        out.print(f"purged {purged} dead letter(s)")
 
     _run(body)
