@@ -27,6 +27,7 @@ from tidings.topic import Topic
 from tidings.transport import Transport
 
 T = TypeVar("T")
+MAX_TOPIC = 200
 Hook = Callable[["App"], Awaitable[None]]
 log = logging.getLogger("tidings.app")
 
@@ -66,6 +67,10 @@ class App:
             raise ConfigurationError(f"topic {name!r} is declared twice in app {self.name!r}")
         if not name or any(c in name for c in "{}: \n"):
             raise ConfigurationError(f"topic name {name!r} may not contain braces, ':' or spaces")
+        if len(name) > MAX_TOPIC:
+            # Its streams' keys are in indexed ledger and dead-letter columns.
+            raise ConfigurationError(f"topic name {name[:40]!r}… has {len(name)} characters;"
+                                     f" a topic name has at most {MAX_TOPIC}")
         topic: Topic[T] = Topic(self, name, model, partitions or 0)
         self.topics[name] = topic
         return topic

@@ -3,6 +3,7 @@ text made storable."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import URL, text
@@ -96,6 +97,16 @@ async def ensure_schema(engine: AsyncEngine, schema: str) -> None:
     """Create ``schema`` unless it exists."""
     async with engine.begin() as conn:
         await conn.execute(CreateSchema(schema, if_not_exists=True))
+
+
+# A NUL escape in JSON text: \u0000 after an even number of backslashes (an escaped backslash
+# followed by "u0000" is six characters of text, not a NUL).
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def holds_nul(encoded: bytes) -> bool:
+    """Whether JSON text ``encoded`` has a NUL character in it, which jsonb refuses."""
+    return _JSON_NUL.search(encoded) is not None
 
 
 def storable(value: Any) -> Any:

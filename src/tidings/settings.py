@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     def _plain_name(cls, value: str) -> str:
         if not _NAME.match(value):
             raise ValueError("use only letters, digits, '_', '.' and '-'")
+        if len(value) > 63:  # PostgreSQL would cut a longer schema name short, silently
+            raise ValueError(f"at most 63 characters; this one has {len(value)}")
         return value
 
     @field_validator("lane_weights")

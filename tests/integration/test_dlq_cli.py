@@ -184,6 +184,16 @@ def test_an_unknown_id_is_one_line(letters: Env) -> None:
     assert "no dead letter 999" in output
 
 
+@pytest.mark.parametrize("args", [
+    ["show", "99999999999999999999"], ["list", "--filter", "attempts=3000000000"],
+    ["list", "--since", "1000000w"], ["replay", "1", "--set", 'a="\\u0000"'],
+])
+def test_values_no_column_can_hold_are_one_clear_line(letters: Env, args: list[str]) -> None:
+    output = tidings(letters, *args, ok=False)
+    assert "Traceback" not in output
+    assert any(w in output for w in ("less than", "at most", "longer than", "NUL")), output
+
+
 def audit_rows(env: Env) -> int:
     async def main() -> int:
         engine = create_engine(env["TIDINGS_DATABASE_URL"],

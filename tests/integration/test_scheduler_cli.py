@@ -65,6 +65,15 @@ def test_update_pause_resume_cancel(env: dict[str, str]) -> None:
         (["add", "x", "--every", "5 min", "--topic", "t"], "is not a duration"),
         (["add", "x", "--cron", "* * * * *", "--every", "1m", "--topic", "t"], "exactly one of"),
         (["show", "ghost"], "no schedule named 'ghost'"),
+        (["add", "x", "--every", "1000000w", "--topic", "t"], "longer than 36500 days"),
+        (["add", "x", "--at", "9999-12-31T23:00", "--tz", "America/New_York", "--topic", "t"],
+         "not between 1970-01-01 and 9000-01-01"),
+        (["add", "x", "--at", "1969-07-20T20:17", "--topic", "t"], "not between"),
+        (["add", "x", "--every", "1h", "--topic", "t", "--payload", '{"a": "\\u0000"}'],
+         "NUL character"),
+        (["add", "x", "--every", "1h", "--topic", "t", "--max-runs", "3000000000"],
+         "max_runs must be 1 to"),
+        (["purge", "--older-than", "1000000w"], "longer than 36500 days"),
     ],
 )
 def test_mistakes_are_one_clear_line(env: dict[str, str], args: list[str], message: str) -> None:
@@ -82,6 +91,14 @@ def test_preview_prints_iso_times_with_offsets_one_per_line() -> None:
     as_json = tidings({}, "preview", "--cron", "0 0 29 2 *", "--from", "2025-01-01", "--count",
                       "2", "--json")
     assert json.loads(as_json) == ["2028-02-29T00:00:00+00:00", "2032-02-29T00:00:00+00:00"]
+
+
+def test_list_says_when_it_shows_only_the_first_schedules(env: dict[str, str]) -> None:
+    for name in ("a", "b", "c"):
+        tidings(env, "add", name, "--every", "1h", "--topic", "t")
+    result = CliRunner().invoke(cli, ["schedules", "list", "--limit", "2", "--json"], env=env)
+    assert [s["name"] for s in json.loads(result.stdout)] == ["a", "b"]
+    assert "showing the first 2 schedules by name; there are more" in result.stderr
 
 
 def test_preview_rejects_an_unknown_zone() -> None:

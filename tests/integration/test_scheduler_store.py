@@ -272,6 +272,33 @@ async def test_purge_removes_finished_schedules_and_old_fires_only(
     assert [s.name for s in await store.all()] == ["kept"]
 
 
+async def test_a_finished_schedule_is_aged_from_its_last_fire_not_its_creation(
+    app: App, engine: AsyncEngine, store: Schedules
+) -> None:
+    await store.schedule_once(TOPIC, {}, datetime.now(UTC) - timedelta(seconds=1), name="once")
+    async with engine.begin() as conn:  # made long ago, fired just now
+        await conn.execute(text("UPDATE schedules SET created_at = now() - interval '2 days',"
+                                " updated_at = now() - interval '2 days'"))
+    await Scheduler(app, engine).step()
+
+    assert await store.purge(timedelta(hours=1)) == (0, 0)
+    assert (await store.get("once")).state == "done"
+
+
+async def test_runs_count_the_fires_written_not_the_ticks_planned(
+    app: App, engine: AsyncEngine, store: Schedules, redis: Redis, namespace: str
+) -> None:
+    done = await store.schedule_once(TOPIC, {"v": 1}, datetime.now(UTC) - timedelta(seconds=1),
+                                     name="once")
+    await Scheduler(app, engine).step()
+    await store.update(replace(done.schedule, payload={"v": 2}))  # the same tick, due again
+    await Scheduler(app, engine).step()
+
+    assert (await store.get("once")).runs == 1
+    assert len(await store.fires("once")) == 1
+    assert len(await published(redis, namespace, TOPIC)) == 1
+
+
 async def test_the_tick_reads_due_rows_through_the_partial_index(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.execute(text("""

@@ -138,3 +138,11 @@ def test_a_mangled_filter_raises_nothing_but_a_filter_error(
     text = str(expression)
     with contextlib.suppress(FilterError):
         parse(text[:cut] + junk + text[cut:])
+
+
+@pytest.mark.parametrize(("text", "limit"), [
+    ("attempts=3000000000", "2,147,483,647"), ("id=99999999999999999999", "9,223,372,036"),
+])
+def test_a_number_beyond_its_column_is_refused_naming_the_limit(text: str, limit: str) -> None:
+    with pytest.raises(FilterError, match=f"at most {limit}"):
+        parse(text)

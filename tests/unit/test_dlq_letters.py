@@ -108,6 +108,12 @@ def test_an_edit_value_is_json_when_it_parses_else_text() -> None:
     assert parse_edit("a=").value == ""
 
 
+def test_an_edit_value_with_a_nul_is_refused_and_an_escaped_backslash_is_not() -> None:
+    with pytest.raises(EditError, match="NUL character"):
+        parse_edit('a="x\\u0000"')
+    assert parse_edit('a="\\\\u0000"').value == "\\u0000"
+
+
 def test_edits_create_missing_keys_and_index_lists() -> None:
     edited = apply_edits(b'{"to": [{"id": "u-1"}]}',
                          [parse_edit("to.0.id=u-2"), parse_edit("meta.note=fixed")])

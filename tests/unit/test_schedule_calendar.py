@@ -212,3 +212,28 @@ def test_invalid_schedules_are_rejected_with_a_clear_message(
 )
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+# -- the span a schedule lives in: 1970 to 9000, intervals up to a hundred years -------------
+
+
+@pytest.mark.parametrize("text", ["1000000w", "99999999999d", "36501d"])
+def test_an_interval_longer_than_a_hundred_years_is_refused(text: str) -> None:
+    with pytest.raises(InvalidSchedule, match="longer than 36500 days"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("when", ["1969-07-20T20:17", "9999-12-31T23:00", "0001-01-01T00:00"])
+def test_an_instant_outside_1970_to_9000_is_refused_with_the_span(when: str) -> None:
+    with pytest.raises(InvalidSchedule, match="not between 1970-01-01 and 9000-01-01"):
+        Timing.parse("at", when, "America/New_York")
+    with pytest.raises(InvalidSchedule, match="not between"):
+        Timing.parse("cron", "0 9 * * *", "UTC", start=datetime.fromisoformat(when))
+
+
+def test_a_schedule_near_the_end_of_the_span_just_ends() -> None:
+    timing = Timing.parse("cron", "0 0 29 2 *", "Pacific/Kiritimati")  # leap days only
+    near_end = datetime(8999, 3, 1, tzinfo=UTC)
+    assert timing.upcoming(near_end, 3) == []
+    yearly = Timing.parse("every", "36500d", "UTC", start=datetime(8999, 1, 1, tzinfo=UTC))
+    assert yearly.upcoming(near_end, 2) == []

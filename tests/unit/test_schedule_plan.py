@@ -82,7 +82,9 @@ def test_message_ids_are_deterministic_distinct_and_time_ordered() -> None:
         ({"name": "n" * 201}, InvalidSchedule, "is 201 characters; use at most 200"),
         ({"misfire": "later"}, InvalidSchedule, "misfire policy 'later'"),
         ({"priority": "urgent"}, InvalidSchedule, "priority 'urgent'"),
-        ({"max_runs": 0}, InvalidSchedule, "max_runs must be at least 1"),
+        ({"max_runs": 0}, InvalidSchedule, "max_runs must be 1 to 2,147,483,647"),
+        ({"max_runs": 3_000_000_000}, InvalidSchedule, "max_runs must be 1 to"),
+        ({"payload": {"text": "a\x00b"}}, InvalidSchedule, "NUL character"),
         ({"payload": {1, 2}}, PayloadError, "not JSON-serialisable"),
     ],
 )

@@ -24,7 +24,8 @@ dlq_cli = typer.Typer(
     no_args_is_help=True,
 )
 
-Ids = Annotated[list[int] | None, typer.Argument(help="Dead-letter ids (see `dlq list`).")]
+Ids = Annotated[list[int] | None, typer.Argument(
+    help="Dead-letter ids (see `dlq list`).", min=1, max=2**63 - 1)]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 TopicOpt = Annotated[str | None, typer.Option("--topic", help="Only this topic.")]
 KindOpt = Annotated[
@@ -154,7 +155,8 @@ def list_letters(
 
 @dlq_cli.command()
 def show(
-    dead_letter_id: Annotated[int, typer.Argument(metavar="ID", help="The dead letter's id.")],
+    dead_letter_id: Annotated[int, typer.Argument(
+        metavar="ID", help="The dead letter's id.", min=1, max=2**63 - 1)],
     json_output: Json = False,
 ) -> None:
     """Everything about one dead letter: payload, headers, error history and its replays."""

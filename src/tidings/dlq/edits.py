@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from tidings.database import holds_nul
 from tidings.errors import ConfigurationError
 
 
@@ -45,6 +46,9 @@ def parse_edit(text: str) -> Edit:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         value = raw
+    if "\x00" in text or holds_nul(orjson.dumps(value)):
+        raise EditError(f"--set {name}: the value holds a NUL character (\\u0000), which"
+                        " PostgreSQL cannot store (the replay's audit row keeps every edit)")
     return Edit(path, value)
 
 
@@ -76,7 +80,7 @@ def _set(document: Any, edit: Edit) -> Any:
                 return document
             node = node.setdefault(part, {})
         elif isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
+            if not (part.isascii() and part.isdigit()) or int(part) >= len(node):
                 raise EditError(f"--set {edit.name}: {where} is not an index of that list")
             if depth == len(edit.path) - 1:
                 node[int(part)] = edit.value

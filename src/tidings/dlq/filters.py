@@ -31,6 +31,9 @@ TEXT_FIELDS = {
 INT_FIELDS = {
     "id": _D.id, "partition": _D.partition, "attempts": _D.attempts, "replays": _D.replays,
 }
+# What each column holds (bigint or integer): a larger literal would be an SQL error.
+_INT_LIMITS = {"id": 2**63 - 1, "partition": 2**31 - 1, "attempts": 2**31 - 1,
+               "replays": 2**31 - 1}
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _BARE = re.compile(r"[^\s\"']+")
 _SPACE = re.compile(r"\s*")
@@ -191,11 +194,14 @@ def _check_number(term: Term) -> None:
     if term.op == "~":
         raise FilterError(f"filter: {term.field} is a number: use = or !=, not ~ {where}")
     try:
-        int(term.value)
+        number = int(term.value)
     except ValueError:
         raise FilterError(
             f"filter: {term.field} compares with a whole number, not {term.value!r} {where}"
         ) from None
+    if abs(number) > _INT_LIMITS[term.field]:
+        raise FilterError(f"filter: {term.field} is at most {_INT_LIMITS[term.field]:,},"
+                          f" not {term.value} {where}")
 
 
 def _sql(term: Term) -> ColumnElement[bool]:
@@ -228,7 +234,8 @@ def _lookup(document: Any, path: list[str]) -> tuple[bool, Any]:
     for part in path:
         if isinstance(document, dict) and part in document:
             document = document[part]
-        elif isinstance(document, list) and part.isdigit() and int(part) < len(document):
+        elif (isinstance(document, list) and part.isascii() and part.isdigit()
+              and int(part) < len(document)):
             document = document[int(part)]
         else:
             return False, None

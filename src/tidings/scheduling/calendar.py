@@ -23,6 +23,11 @@ KINDS: tuple[Kind, ...] = ("at", "every", "cron")
 _UNITS = {"w": 604_800, "d": 86_400, "h": 3_600, "m": 60, "s": 1}
 _DURATION = re.compile(r"(\d+)\s*([wdhms])")
 _TINY = timedelta(microseconds=1)
+# The span a schedule can live in: the messages it publishes carry Unix-epoch milliseconds, and
+# datetime ends in year 9999 (with room left for a cron or interval step from the last tick).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+MAX_INTERVAL = timedelta(days=36_500)
 
 
 class InvalidSchedule(ConfigurationError):
@@ -50,6 +55,8 @@ def parse_duration(text: str) -> timedelta:
     seconds = sum(int(n) * _UNITS[u] for n, u in parts)
     if seconds <= 0:
         raise InvalidSchedule(f"interval {text!r} must be longer than zero")
+    if seconds > MAX_INTERVAL.total_seconds():
+        raise InvalidSchedule(f"interval {text!r} is longer than {MAX_INTERVAL.days} days")
     return timedelta(seconds=seconds)
 
 
@@ -104,10 +111,16 @@ def parse_instant(text: str, zone: ZoneInfo) -> datetime:
 
 
 def aware(value: datetime, zone: ZoneInfo) -> datetime:
-    """``value`` as a UTC instant; a naive value is wall-clock time in ``zone``."""
-    if value.tzinfo is None:
-        return resolve_local(value, zone)
-    return value.astimezone(UTC)
+    """``value`` as a UTC instant; a naive value is wall-clock time in ``zone``. InvalidSchedule
+    outside 1970 to 9000 (UTC), the span a schedule can fire in."""
+    try:
+        instant = resolve_local(value, zone) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        instant = EARLIEST if value.year < 1970 else LATEST + _TINY
+    if not EARLIEST <= instant <= LATEST:
+        raise InvalidSchedule(f"{value.isoformat()} is not between {EARLIEST:%Y-%m-%d} and"
+                              f" {LATEST:%Y-%m-%d} (UTC): a schedule fires in that span")
+    return instant
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,12 +197,12 @@ class Timing:
                 candidate = resolve_local(match, self.zone)
                 if candidate > instant:
                     return candidate
-        except (StopIteration, CronSimError):
+        except (StopIteration, CronSimError, OverflowError):  # (no match before year 9999)
             return None
         return None
 
     def _bounded(self, instant: datetime | None) -> datetime | None:
-        if instant is None or (self.end is not None and instant > self.end):
+        if instant is None or instant > LATEST or (self.end is not None and instant > self.end):
             return None
         return instant.astimezone(UTC)
 

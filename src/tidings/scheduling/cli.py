@@ -198,6 +198,8 @@ def list_schedules(
     state: Annotated[
         list[str] | None, typer.Option("--state", help="Only these states (repeatable).")
     ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1_000_000,
+                                       help="Show at most this many, by name.")] = 1000,
     json_output: Json = False,
 ) -> None:
     """List schedules with their next fire time."""
@@ -206,8 +208,12 @@ def list_schedules(
         import orjson
         from rich.table import Table
 
-        found = await store.all(states=state or ())  # type: ignore[arg-type]
+        found = await store.all(states=state or (), limit=limit + 1)  # type: ignore[arg-type]
         out = _cli().out
+        if len(found) > limit:
+            found = found[:limit]
+            _cli().err.print(f"showing the first {limit:,} schedules by name; there are more:"
+                             " raise --limit or narrow with --state")
         if json_output:
             out.print_json(orjson.dumps([s.as_json() for s in found]).decode())
             return
@@ -228,7 +234,8 @@ def list_schedules(
 @schedules_cli.command()
 def show(
     name: Name,
-    fires: Annotated[int, typer.Option("--fires", min=0, help="Recent fires to show.")] = 10,
+    fires: Annotated[int, typer.Option("--fires", min=0, max=10_000,
+                                       help="Recent fires to show.")] = 10,
     json_output: Json = False,
 ) -> None:
     """Show one schedule and its recent fires, with how late each was claimed."""

@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from tidings.database import holds_nul
 from tidings.errors import TidingsError
 from tidings.message import Priority, dumps
 from tidings.scheduling.calendar import InvalidSchedule, Timing
 
 MAX_NAME = 200
+MAX_RUNS = 2**31 - 1  # an integer column
 
 Misfire = Literal["fire_once", "fire_all", "skip"]
 MISFIRES: tuple[Misfire, ...] = ("fire_once", "fire_all", "skip")
@@ -53,15 +55,18 @@ class Schedule:
             raise InvalidSchedule(
                 f"misfire policy {self.misfire!r} is not one of {', '.join(MISFIRES)}"
             )
-        if self.max_runs is not None and self.max_runs < 1:
-            raise InvalidSchedule("max_runs must be at least 1 (or unset for no limit)")
+        if self.max_runs is not None and not 1 <= self.max_runs <= MAX_RUNS:
+            raise InvalidSchedule(f"max_runs must be 1 to {MAX_RUNS:,} (or unset for no limit)")
         try:
             object.__setattr__(self, "priority", Priority(self.priority))
         except ValueError:
             raise InvalidSchedule(
                 f"priority {self.priority!r} is not one of high, normal, low"
             ) from None
-        dumps(self.payload)  # PayloadError now rather than at the first fire
+        # PayloadError now rather than at the first fire; a NUL PostgreSQL's jsonb refuses.
+        if holds_nul(dumps(self.payload)):
+            raise InvalidSchedule("the payload holds a NUL character (\\u0000), which"
+                                  " PostgreSQL cannot store; remove it")
 
     def columns(self) -> dict[str, Any]:
         """The definition as ``schedules`` columns."""

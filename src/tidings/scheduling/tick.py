@@ -56,12 +56,14 @@ WITH planned AS (
     FROM fired f JOIN schedules s ON s.id = f.schedule_id
     RETURNING 1
 ), advanced AS (
+    -- runs counts the fires written: a tick fired before (its row there already) is not one.
     UPDATE schedules s
-    SET next_fire_at = u.next_fire_at, state = u.state, runs = s.runs + u.fired,
+    SET next_fire_at = u.next_fire_at, state = u.state, updated_at = now(),
+        runs = s.runs + (SELECT count(*) FROM fired AS f WHERE f.schedule_id = s.id),
         last_fire_at = coalesce(u.last_fire_at, s.last_fire_at)
     FROM unnest(CAST(:ids AS bigint[]), CAST(:nexts AS timestamptz[]), CAST(:states AS text[]),
-                CAST(:counts AS integer[]), CAST(:lasts AS timestamptz[]))
-         AS u(id, next_fire_at, state, fired, last_fire_at)
+                CAST(:lasts AS timestamptz[]))
+         AS u(id, next_fire_at, state, last_fire_at)
     WHERE s.id = u.id
     RETURNING 1
 )
@@ -147,7 +149,7 @@ async def tick(
     now: datetime = rows[0].now
     result.now = now
     fire_ids, ticks, message_ids = [], [], []
-    ids, nexts, states, counts, lasts = [], [], [], [], []
+    ids, nexts, states, lasts = [], [], [], []
     for row in rows:
         p = _plan_row(row, now, grace)
         for t in p.ticks:
@@ -159,12 +161,11 @@ async def tick(
         ids.append(row.id)
         nexts.append(p.next_fire_at)
         states.append(p.state)
-        counts.append(len(p.ticks))
         lasts.append(p.ticks[-1] if p.ticks else None)
     params: dict[str, Any] = {
         "fire_ids": fire_ids, "ticks": ticks, "message_ids": message_ids, "now": now,
         "scheduler": scheduler, "ids": ids, "nexts": nexts, "states": states,
-        "counts": counts, "lasts": lasts,
+        "lasts": lasts,
     }
     written = (await conn.execute(_FIRE, params)).one()
     result.fired = int(written.queued)

@@ -37,7 +37,7 @@ async def post(client: httpx.AsyncClient, url: str, **kwargs: Any) -> httpx.Resp
                                          auth=auth, stream=True)
             try:
                 length = response.headers.get("content-length", "")
-                if length.isdigit() and int(length) > MAX_REPLY_BYTES:
+                if length.isascii() and length.isdigit() and int(length) > MAX_REPLY_BYTES:
                     return Failure(TRANSIENT, f"HTTP {response.status_code} with a reply of"
                                    f" {int(length):,} bytes from {where}, over the"
                                    f" {MAX_REPLY_BYTES:,} read", code="bad_reply",
