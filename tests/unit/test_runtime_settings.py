@@ -53,6 +53,7 @@ def test_values_are_read_from_tidings_variables(monkeypatch: pytest.MonkeyPatch)
         ("TIDINGS_NAMESPACE", "has space"),
         ("TIDINGS_NAMESPACE", "brace{d}"),
         ("TIDINGS_DATABASE_SCHEMA", "drop;table"),
+        ("TIDINGS_DATABASE_SCHEMA", "s" * 64),  # PostgreSQL would cut it to 63, silently
         ("TIDINGS_LANE_WEIGHTS", "[6, 3, 0]"),
     ],
 )

@@ -53,6 +53,12 @@ def test_a_topic_name_that_would_break_the_keys_is_refused(name: str) -> None:
         App("a").topic(name)
 
 
+def test_a_topic_name_too_long_for_the_ledger_s_indexes_is_refused() -> None:
+    App("a").topic("t" * 200)
+    with pytest.raises(ConfigurationError, match="has 201 characters; a topic name has at most"):
+        App("a").topic("t" * 201)
+
+
 def test_a_topic_declared_twice_is_refused() -> None:
     app = App("a")
     app.topic("orders")
