@@ -87,6 +87,18 @@ async def test_unavailable_internal_and_quota_are_transient(status: int, state: 
     assert not failure.bad_address
 
 
+@pytest.mark.parametrize("details", [1, "UNREGISTERED", {"errorCode": "UNREGISTERED"}])
+async def test_error_details_of_an_unexpected_shape_are_judged_by_the_status(
+    details: object,
+) -> None:
+    error = {"code": 503, "status": "UNAVAILABLE", "details": details}
+    failure = (await push(lambda request: httpx.Response(503, json={"error": error}))
+               .send(delivery())).failure
+    assert failure is not None
+    assert failure.kind is TRANSIENT
+    assert failure.code == "UNAVAILABLE"
+
+
 async def test_a_rejected_bearer_token_is_permanent_and_not_the_device() -> None:
     failure = (await push(fcm_error(401, "UNAUTHENTICATED")).send(delivery())).failure
     assert failure is not None

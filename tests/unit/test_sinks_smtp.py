@@ -11,6 +11,7 @@ from tidings.errors import ConfigurationError
 from tidings.notification import Content, parse_notification
 from tidings.sinks import PERMANENT, TRANSIENT, Delivery, ProviderSettings, SmtpEmail, deliveries
 from tidings.sinks.email_smtp import classify
+from tidings.sinks.failover import provider_at_fault
 
 
 def delivery(content: Content | None = None, key: str = "k-3") -> Delivery:
@@ -65,6 +66,9 @@ async def test_a_subject_with_a_line_break_is_a_permanent_failure_not_a_crash() 
     ("exc", "kind", "code"),
     [
         (aiosmtplib.SMTPAuthenticationError(535, "bad credentials"), PERMANENT, "auth"),
+        (aiosmtplib.SMTPAuthenticationError(454, "temporary failure"), TRANSIENT, "auth"),
+        (aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by this server"), PERMANENT,
+         "needs_smtputf8"),
         (aiosmtplib.SMTPRecipientsRefused(
             [aiosmtplib.SMTPRecipientRefused(550, "no such user", "x@y.z")]), PERMANENT, "550"),
         (aiosmtplib.SMTPRecipientsRefused(
@@ -99,6 +103,21 @@ def test_an_untrusted_certificate_is_permanent_and_names_the_setting() -> None:
     failure = classify(error)
     assert failure.kind is PERMANENT
     assert "TIDINGS_SMTP_CA_FILE" in failure.reason
+
+
+def test_an_untrusted_certificate_behind_implicit_tls_is_permanent_too() -> None:
+    cause = ssl.SSLCertVerificationError("certificate verify failed")
+    cause.verify_message = "self-signed certificate"
+    wrapped = aiosmtplib.SMTPConnectError("Error connecting to mail.example on port 465")
+    wrapped.__cause__ = cause
+    failure = classify(wrapped)
+    assert (failure.kind, failure.code) == (PERMANENT, "tls")
+
+
+def test_an_address_the_server_cannot_carry_does_not_count_against_it() -> None:
+    failure = classify(aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by this server"))
+    assert not provider_at_fault(failure)
+    assert provider_at_fault(classify(aiosmtplib.SMTPException("STARTTLS not supported")))
 
 
 def test_email_needs_a_host() -> None:

@@ -108,6 +108,14 @@ async def test_a_server_error_is_transient(status: int) -> None:
     assert failure.http_status == status
 
 
+@pytest.mark.parametrize("body", [b'{"code": [21211]}', b'{"code": {"x": 1}, "message": [1]}'])
+async def test_an_error_body_of_an_unexpected_shape_is_judged_by_its_status(body: bytes) -> None:
+    failure = (await sms(reply(503, body)).send(delivery())).failure
+    assert failure is not None
+    assert failure.kind is TRANSIENT
+    assert failure.code is None
+
+
 async def test_a_success_status_with_a_non_json_body_is_a_readable_transient_failure() -> None:
     failure = (await sms(reply(200, b"<html>proxy error</html>")).send(delivery())).failure
     assert failure is not None

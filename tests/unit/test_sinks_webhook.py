@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import httpx
 import orjson
 import pytest
@@ -51,6 +53,18 @@ def test_changing_any_byte_of_the_body_breaks_the_signature(
 def test_the_wrong_secret_fails() -> None:
     with pytest.raises(InvalidSignature, match="does not match"):
         verify_signature("other", sign("s3cret", b"{}", NOW), b"{}", now=NOW)
+
+
+@pytest.mark.parametrize("header", ["t=²,v1=ab", "t=,v1=ab", "v1=ab", "t=12", "garbage"])
+def test_a_malformed_header_is_an_invalid_signature_not_a_crash(header: str) -> None:
+    with pytest.raises(InvalidSignature, match="needs 't=<unix>' and 'v1=<hex>'"):
+        verify_signature("s", header, b"{}", now=NOW)
+
+
+@given(st.text(max_size=60))
+def test_any_header_text_is_verified_or_refused_never_raised_otherwise(header: str) -> None:
+    with contextlib.suppress(InvalidSignature):
+        verify_signature("s", header, b"{}", now=NOW)
 
 
 def test_an_old_signature_is_refused_as_a_replay() -> None:

@@ -54,9 +54,14 @@ def _response_failure(exc: aiosmtplib.SMTPResponseException, bad_address: bool) 
 def classify(exc: Exception) -> Failure:
     """Transient or permanent, for everything a connect or a send can raise."""
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        if 400 <= exc.code < 500:  # e.g. 454: the server cannot check credentials just now
+            return Failure(TRANSIENT, f"SMTP login failed for now ({exc.code} {exc.message})",
+                           code="auth", smtp_code=exc.code)
         return Failure(PERMANENT, f"SMTP server refused the login ({exc.code} {exc.message}); "
                        "check TIDINGS_SMTP_USERNAME and TIDINGS_SMTP_PASSWORD",
                        code="auth", smtp_code=exc.code)
+    if isinstance(exc.__cause__, ssl.SSLCertVerificationError):  # implicit TLS wraps it
+        exc = exc.__cause__
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         return _response_failure(exc.recipients[0], bad_address=True)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
@@ -71,6 +76,10 @@ def classify(exc: Exception) -> Failure:
     if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected
                   | OSError):
         return Failure(TRANSIENT, f"SMTP connection failed: {exc}", code="connection")
+    if isinstance(exc, aiosmtplib.SMTPNotSupported) and "SMTPUTF8" in str(exc):
+        # The message's fault (a non-ASCII address or name), not the server's: no failover.
+        return Failure(PERMANENT, "the address or a header is not ASCII and the SMTP server"
+                       " does not offer SMTPUTF8 to carry it", code="needs_smtputf8")
     # SMTPNotSupported and plain SMTPException: STARTTLS or AUTH missing on the server.
     return Failure(PERMANENT, f"SMTP server cannot do what is configured: {exc}",
                    code="unsupported")

@@ -33,7 +33,8 @@ def static_token(token: str) -> TokenSource:
 
 def _error_code(error: dict[str, Any]) -> str | None:
     """The most specific code: ``details[].errorCode`` (FcmError), else ``status``."""
-    for detail in error.get("details") or ():
+    details = error.get("details")
+    for detail in details if isinstance(details, list) else ():
         if isinstance(detail, dict) and isinstance(detail.get("errorCode"), str):
             return str(detail["errorCode"])
     status = error.get("status")

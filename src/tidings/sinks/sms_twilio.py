@@ -82,6 +82,7 @@ class TwilioSms:
                 reply, f"error reply is not JSON: {snippet(reply.content)}"
             ))
         code = body.get("code")
+        code = code if isinstance(code, int | str) else None  # any other shape: the status says
         message = body.get("message") or "no message given"
         return watch.failed(status_failure(
             reply, f"Twilio error {code}: {message}",
