@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -160,3 +161,63 @@ async def test_a_server_that_is_down_is_transient(tls: LocalTls) -> None:
     assert failure is not None
     assert failure.kind is TRANSIENT
     assert failure.code == "connection"
+
+
+class CutAfterData(asyncio.Protocol):
+    """A bare SMTP server that takes message number ``cut`` on a connection in full and then
+    drops the connection without a reply (a crash, or a proxy cutting it, after the server got
+    the mail). ``received`` keeps every message it took."""
+
+    cut = 2
+    received: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport, self.buffer, self.data, self.taken = transport, b"", None, 0
+        transport.write(b"220 cut ESMTP\r\n")
+
+    def data_received(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        while self.buffer:
+            if self.data is not None:
+                end = self.buffer.find(b"\r\n.\r\n")
+                if end < 0:
+                    return
+                self.received.append(self.buffer[:end])
+                self.buffer, self.data, self.taken = self.buffer[end + 5:], None, self.taken + 1
+                if self.taken == self.cut:
+                    self.transport.close()
+                    return
+                self.transport.write(b"250 queued\r\n")
+                continue
+            line, found, self.buffer = self.buffer.partition(b"\r\n")
+            if not found:
+                self.buffer = line
+                return
+            verb = line[:4].upper()
+            if verb == b"DATA":
+                self.data = b""
+            self.transport.write({b"EHLO": b"250-cut\r\n250 8BITMIME\r\n", b"DATA": b"354 go\r\n",
+                                  b"QUIT": b"221 bye\r\n"}.get(verb, b"250 ok\r\n"))
+
+
+@pytest.mark.parametrize("cut", [1, 2], ids=["fresh connection", "reused connection"])
+async def test_a_connection_lost_after_data_is_an_outcome_unknown_never_a_second_copy(
+    cut: int
+) -> None:
+    received: list[bytes] = []
+    protocol = type("Cut", (CutAfterData,), {"cut": cut, "received": received})
+    server = await asyncio.get_running_loop().create_server(protocol, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    email = SmtpEmail(lambda: aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False,
+                                              timeout=5), sender="shop@example.com")
+    try:
+        results = [await email.send(delivery(f"user-{n}@example.com")) for n in (1, 2)][:cut]
+    finally:
+        await email.aclose()
+        server.close()
+    lost = results[-1]
+    assert lost.failure is not None
+    assert lost.failure.transient
+    assert lost.failure.maybe_delivered, "the server may have the mail: no blind retry"
+    assert sum(f"user-{cut}@".encode() in m for m in received) == 1, "one copy, not two"

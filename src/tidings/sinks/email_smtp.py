@@ -8,6 +8,7 @@ import ssl
 from collections.abc import Callable
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
+from typing import Any
 
 import aiosmtplib
 
@@ -51,15 +52,21 @@ def _response_failure(exc: aiosmtplib.SMTPResponseException, bad_address: bool) 
                    smtp_code=exc.code, bad_address=bad_address and kind is PERMANENT)
 
 
-def classify(exc: Exception) -> Failure:
-    """Transient or permanent, for everything a connect or a send can raise."""
-    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        if 400 <= exc.code < 500:  # e.g. 454: the server cannot check credentials just now
-            return Failure(TRANSIENT, f"SMTP login failed for now ({exc.code} {exc.message})",
-                           code="auth", smtp_code=exc.code)
-        return Failure(PERMANENT, f"SMTP server refused the login ({exc.code} {exc.message}); "
-                       "check TIDINGS_SMTP_USERNAME and TIDINGS_SMTP_PASSWORD",
+def _login_failure(exc: aiosmtplib.SMTPAuthenticationError) -> Failure:
+    if 400 <= exc.code < 500:  # e.g. 454: the server cannot check credentials just now
+        return Failure(TRANSIENT, f"SMTP login failed for now ({exc.code} {exc.message})",
                        code="auth", smtp_code=exc.code)
+    return Failure(PERMANENT, f"SMTP server refused the login ({exc.code} {exc.message}); "
+                   "check TIDINGS_SMTP_USERNAME and TIDINGS_SMTP_PASSWORD",
+                   code="auth", smtp_code=exc.code)
+
+
+def classify(exc: Exception, *, data_sent: bool | None = None) -> Failure:
+    """Transient or permanent, for everything a connect or a send can raise. ``data_sent``:
+    whether the send had reached DATA (None: not known), after which a lost connection or a
+    timeout may have delivered the message."""
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return _login_failure(exc)
     if isinstance(exc.__cause__, ssl.SSLCertVerificationError):  # implicit TLS wraps it
         exc = exc.__cause__
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
@@ -67,15 +74,19 @@ def classify(exc: Exception) -> Failure:
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return _response_failure(exc, isinstance(exc, aiosmtplib.SMTPRecipientRefused))
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
-        # No answer while connecting: nothing was sent; later (e.g. after DATA) it may have been.
+        # No answer while connecting: nothing was sent; after DATA it may have been.
         return Failure(TRANSIENT, f"SMTP server did not answer in time: {exc}", code="timeout",
-                       maybe_delivered=not isinstance(exc, aiosmtplib.SMTPConnectTimeoutError))
+                       maybe_delivered=data_sent is not False and not isinstance(
+                           exc, aiosmtplib.SMTPConnectTimeoutError))
     if isinstance(exc, ssl.SSLCertVerificationError):
         return Failure(PERMANENT, f"SMTP server certificate not trusted: {exc.verify_message}; "
                        "set TIDINGS_SMTP_CA_FILE", code="tls")
-    if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected
-                  | OSError):
+    if isinstance(exc, aiosmtplib.SMTPConnectError):
         return Failure(TRANSIENT, f"SMTP connection failed: {exc}", code="connection")
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected | OSError):
+        # Lost once the message was on its way (DATA): the server may have taken it.
+        return Failure(TRANSIENT, f"SMTP connection failed: {exc}", code="connection",
+                       maybe_delivered=bool(data_sent))
     if isinstance(exc, aiosmtplib.SMTPNotSupported) and "SMTPUTF8" in str(exc):
         # The message's fault (a non-ASCII address or name), not the server's: no failover.
         return Failure(PERMANENT, "the address or a header is not ASCII and the SMTP server"
@@ -83,6 +94,21 @@ def classify(exc: Exception) -> Failure:
     # SMTPNotSupported and plain SMTPException: STARTTLS or AUTH missing on the server.
     return Failure(PERMANENT, f"SMTP server cannot do what is configured: {exc}",
                    code="unsupported")
+
+
+class _Connection:
+    """A client and whether its current send reached DATA (the message on its way)."""
+
+    def __init__(self, client: aiosmtplib.SMTP) -> None:
+        self.client = client
+        self.data_sent = False
+        data = client.data
+
+        async def watched(*args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+            self.data_sent = True
+            return await data(*args, **kwargs)
+
+        client.data = watched  # type: ignore[method-assign]
 
 
 class SmtpEmail:
@@ -102,7 +128,7 @@ class SmtpEmail:
         self._from = sender
         self._envelope_from = parseaddr(sender)[1] or sender
         self._domain = self._envelope_from.rpartition("@")[2] or "tidings.invalid"
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(pool_size)
 
     @classmethod
@@ -139,18 +165,20 @@ class SmtpEmail:
         async with self._slots:
             for _ in range(2):
                 reused = bool(self._idle)
-                client = self._idle.pop() if reused else self._connect()
+                conn = self._idle.pop() if reused else _Connection(self._connect())
+                conn.data_sent = False
                 try:
                     if not reused:
-                        await client.connect()
-                    await client.send_message(msg, sender=self._envelope_from,
-                                              recipients=[delivery.address])
+                        await conn.client.connect()
+                    await conn.client.send_message(msg, sender=self._envelope_from,
+                                                   recipients=[delivery.address])
                 except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                    client.close()
-                    if reused and isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+                    conn.client.close()
+                    if (reused and not conn.data_sent
+                            and isinstance(exc, aiosmtplib.SMTPServerDisconnected)):
                         continue  # the server closed an idle connection; use a fresh one
-                    return watch.failed(classify(exc))
-                self._idle.append(client)
+                    return watch.failed(classify(exc, data_sent=conn.data_sent))
+                self._idle.append(conn)
                 return watch.sent(msg["Message-ID"])
         return watch.failed(Failure(TRANSIENT, "SMTP server keeps closing connections",
                                     code="connection"))
@@ -158,8 +186,8 @@ class SmtpEmail:
     async def aclose(self) -> None:
         """Say QUIT on every idle connection."""
         idle, self._idle = self._idle, []
-        for client in idle:
+        for conn in idle:
             try:
-                await client.quit()
+                await conn.client.quit()
             except aiosmtplib.SMTPException:
-                client.close()
+                conn.client.close()
