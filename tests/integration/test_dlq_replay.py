@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 from redis.asyncio import Redis
@@ -151,17 +153,54 @@ async def test_a_forced_replay_sends_again_and_resets_sent_rows(
     assert len(await retried(redis, namespace)) == 2
 
 
-async def test_a_replay_retried_after_its_entry_was_added_does_not_add_it_twice(
-    redis: Redis, engine: AsyncEngine, namespace: str, replayer: Replayer
+async def test_a_replay_whose_publish_failed_is_finished_by_the_next_once(
+    redis: Redis, engine: AsyncEngine, namespace: str, replayer: Replayer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     letter = await dead_letter(redis, engine, namespace)
-    tag = PartitionKeys(namespace, "sms", 0).tag
-    await redis.set(f"{tag}:replay:{letter}:0", "1")  # an attempt whose commit failed
+    await ledger(engine, {"+1": "dead"})
+
+    async def redis_away(*args: object, **kwargs: object) -> list[bytes | None]:
+        raise ConnectionError("Redis is away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(replayer.transport, "add_once", redis_away)
+        with pytest.raises(ReplayError, match="run the replay again to publish it"):
+            await replayer.replay_one(letter, [parse_edit("recipient.user_id=u-2")])
+    # Committed before the publish: the legs may go, so the entry, when it comes, is sent.
+    assert (await ledger_states(engine))["+1"][0] == "failed"
+    assert await retried(redis, namespace) == []
+
+    done = await replayer.replay_one(letter)
+
+    assert done.new_entry_id is not None
+    [(envelope, payload)] = await retried(redis, namespace)
+    assert orjson.loads(payload)["recipient"]["user_id"] == "u-2", "the edit of the replay owed"
+    assert envelope.headers["tidings.replay"] == str(done.audit_id)
+    with pytest.raises(ReplayError, match="already replayed"):
+        await replayer.replay_one(letter)
+
+
+async def test_a_replay_published_and_not_recorded_is_not_published_twice(
+    redis: Redis, engine: AsyncEngine, namespace: str, replayer: Replayer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    letter = await dead_letter(redis, engine, namespace)
+    real = replayer.transport.add_once
+
+    async def added_then_lost(*args: Any, **kwargs: Any) -> list[bytes | None]:
+        await real(*args, **kwargs)
+        raise ConnectionError("the reply was lost")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(replayer.transport, "add_once", added_then_lost)
+        with pytest.raises(ReplayError):
+            await replayer.replay_one(letter)
 
     done = await replayer.replay_one(letter)
 
     assert done.new_entry_id is None
-    assert await retried(redis, namespace) == []
+    assert len(await retried(redis, namespace)) == 1
 
 
 async def test_a_letter_without_a_readable_envelope_is_refused(

@@ -1,8 +1,9 @@
 """Replaying dead letters into the retry stream of the agent that gave up on them, once.
 
-One PostgreSQL transaction per letter marks it replayed, writes the audit row, resets its dead
-ledger rows and wraps the XADD; the XADD is keyed by (letter, replay number), so a replay
-retried after a failed commit finds its entry already added instead of adding a second one.
+One PostgreSQL transaction per letter marks it replayed, writes the audit row and resets its
+dead ledger rows; once it is committed, the message is published (XADD keyed by the audit
+row, so a publish tried again adds it once) and the audit row gets the new entry's id. A
+replay committed and not published is finished by the next replay of the letter.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from tidings.tables.dead_letters import dead_letter_replays, dead_letters
 
 _D = dead_letters.c
 MARKER_TTL_MS = 30 * 86_400_000  # longer than any retry of one replay could take
+# The entry id of a replay whose publish found its marker: an earlier try published it.
+PUBLISHED_EARLIER = "published by an earlier try"
 
 # Only the replayed stage's channels (a letter of one channel must not reset another's legs),
 # and, without --force, never a leg whose send may have happened (outcome unknown).
@@ -88,7 +91,7 @@ class Replayed:
     audit_id: int
     target_stream: str
     new_entry_id: str | None
-    """None when an earlier, uncommitted attempt of this very replay had already added it."""
+    """None when an earlier try of this very replay had published it already."""
     deliveries_reset: int
     forced: bool
 
@@ -138,44 +141,70 @@ class Replayer:
     async def replay_one(
         self, dead_letter_id: int, edits: Sequence[Edit] = (), *, force: bool = False
     ) -> Replayed:
-        """Replay one dead letter, with ``edits`` applied to its payload."""
+        """Replay one dead letter, with ``edits`` applied to its payload.
+
+        The ledger reset, the letter's new state and the audit row are committed first, the
+        message published after: published before the commit, a commit that failed would leave
+        it in the retry stream with its legs still 'dead', and its worker would not send it.
+        A replay whose publish failed (or whose process died before it) is finished by the
+        next replay of the letter: its audit row, without an entry id, says it is still owed.
+        """
         async with self.engine.begin() as conn:
             row = await _locked(conn, dead_letter_id)
-            envelope, payload, target = self._check(row, edits, force)
-            audit_id = int((await conn.execute(
-                insert(dead_letter_replays).values(
-                    dead_letter_id=dead_letter_id, message_id=envelope.id, replayed_by=self.by,
-                    edits={e.name: e.value for e in edits}, forced=force, target_stream=target,
-                ).returning(dead_letter_replays.c.id)
-            )).scalar_one())
-            ledger_id = _ledger_id(envelope, payload)
-            envelope.attempt = 1
-            envelope.enqueued_ms = now_ms()
-            # A fresh start: attempt 1 and no last delay, but the error history stays.
-            headers = {k: v for k, v in envelope.headers.items()
-                       if k not in (DELAY_HEADER, SINCE_HEADER)}
-            envelope.headers = {**headers, REPLAY_HEADER: str(audit_id)}
-            states = ["dead", "sent", "sending"] if force else ["dead"]
-            reset = await conn.execute(_RESET, {
-                "why": f"replayed from dead letter {dead_letter_id} by {self.by}",
-                "message_id": ledger_id, "states": states, "channels": _channels(payload),
-                "force": force, "unknown": UNKNOWN_PREFIX,
-            })
-            await conn.execute(
-                update(dead_letters).where(_D.id == dead_letter_id)
-                .values(state="replayed", replays=_D.replays + 1, replayed_at=text("now()"))
-            )
-            keys = PartitionKeys(self.namespace, row.topic, row.partition)
-            marker = f"{keys.tag}:replay:{dead_letter_id}:{row.replays}"
-            fields = encode(envelope, payload if payload is not None else b"null")
-            [added] = await self.transport.add_once([(marker, target, fields)], MARKER_TTL_MS)
-            new_entry_id = added.decode() if added is not None else None
+            owed = None if force else await _owed(conn, row)
+            if owed is not None:
+                if edits:
+                    raise ReplayError(
+                        f"dead letter {dead_letter_id} has a replay still to be published"
+                        f" (audit {owed.id}); run the replay again without --set to finish it")
+                edits = _edits(owed.edits)
+            envelope, payload, target = self._check(row, edits, force or owed is not None)
+            if owed is None:
+                audit_id, reset = await self._commit(conn, row, envelope, payload, edits, force)
+            else:
+                audit_id, reset = owed.id, 0
+        fields = encode(_replayed(envelope, audit_id),
+                        payload if payload is not None else b"null")
+        keys = PartitionKeys(self.namespace, row.topic, row.partition)
+        try:
+            [added] = await self.transport.add_once(
+                [(f"{keys.tag}:replay:{dead_letter_id}:a{audit_id}", target, fields)],
+                MARKER_TTL_MS)
+        except Exception as exc:
+            raise ReplayError(
+                f"dead letter {dead_letter_id} is marked replayed, but its message could not"
+                f" be published ({type(exc).__name__}: {exc}); run the replay again to"
+                " publish it") from exc
+        new_entry_id = added.decode() if added is not None else None
+        async with self.engine.begin() as conn:
             await conn.execute(
                 update(dead_letter_replays).where(dead_letter_replays.c.id == audit_id)
-                .values(new_entry_id=new_entry_id)
-            )
-        return Replayed(dead_letter_id, audit_id, target, new_entry_id,
-                        int(reset.rowcount), force)
+                .values(new_entry_id=new_entry_id or PUBLISHED_EARLIER))
+        return Replayed(dead_letter_id, audit_id, target, new_entry_id, reset, force)
+
+    async def _commit(self, conn: AsyncConnection, row: Any, envelope: Envelope,
+                      payload: bytes | None, edits: Sequence[Edit],
+                      force: bool) -> tuple[int, int]:
+        """Audit the replay, reset the letter's dead legs, mark it replayed: (audit id, legs
+        reset)."""
+        target = PartitionKeys(self.namespace, row.topic, row.partition).retry(row.group_name)
+        audit_id = int((await conn.execute(
+            insert(dead_letter_replays).values(
+                dead_letter_id=row.id, message_id=envelope.id, replayed_by=self.by,
+                edits={e.name: e.value for e in edits}, forced=force, target_stream=target,
+            ).returning(dead_letter_replays.c.id)
+        )).scalar_one())
+        states = ["dead", "sent", "sending"] if force else ["dead"]
+        reset = await conn.execute(_RESET, {
+            "why": f"replayed from dead letter {row.id} by {self.by}",
+            "message_id": _ledger_id(envelope, payload), "states": states,
+            "channels": _channels(payload), "force": force, "unknown": UNKNOWN_PREFIX,
+        })
+        await conn.execute(
+            update(dead_letters).where(_D.id == row.id)
+            .values(state="replayed", replays=_D.replays + 1, replayed_at=text("now()"))
+        )
+        return audit_id, int(reset.rowcount)
 
     async def preview(
         self, dead_letter_id: int, edits: Sequence[Edit] = (), *, force: bool = False
@@ -205,6 +234,34 @@ class Replayer:
         payload = apply_edits(row.payload, edits)
         target = PartitionKeys(self.namespace, row.topic, row.partition).retry(row.group_name)
         return envelope, payload, target
+
+
+def _replayed(envelope: Envelope, audit_id: int) -> Envelope:
+    """A fresh start for the letter's message: attempt 1 and no last delay, but the error
+    history stays; the replay header names the audit row."""
+    envelope.attempt = 1
+    envelope.enqueued_ms = now_ms()
+    headers = {k: v for k, v in envelope.headers.items()
+               if k not in (DELAY_HEADER, SINCE_HEADER)}
+    envelope.headers = {**headers, REPLAY_HEADER: str(audit_id)}
+    return envelope
+
+
+async def _owed(conn: AsyncConnection, row: Any) -> Any:
+    """The letter's last replay if it was committed and never published, else None."""
+    if row.state != "replayed":
+        return None
+    last = (await conn.execute(
+        select(dead_letter_replays.c.id, dead_letter_replays.c.edits,
+               dead_letter_replays.c.new_entry_id)
+        .where(dead_letter_replays.c.dead_letter_id == row.id)
+        .order_by(dead_letter_replays.c.id.desc()).limit(1)
+    )).first()
+    return last if last is not None and last.new_entry_id is None else None
+
+
+def _edits(recorded: dict[str, Any]) -> list[Edit]:
+    return [Edit(tuple(name.split(".")), value) for name, value in recorded.items()]
 
 
 async def _locked(conn: AsyncConnection, dead_letter_id: int, *, lock: bool = True) -> Any:
