@@ -194,6 +194,13 @@ def test_values_no_column_can_hold_are_one_clear_line(letters: Env, args: list[s
     assert any(w in output for w in ("less than", "at most", "longer than", "NUL")), output
 
 
+@pytest.mark.parametrize("rate", ["1e-300/s", "nan", "0", "1e9/s"])
+def test_a_replay_rate_out_of_bounds_is_one_line(letters: Env, rate: str) -> None:
+    output = tidings(letters, "replay", "--all", "--rate", rate, ok=False)
+    assert "from 0.001 to 1000000" in output
+    assert "Traceback" not in output
+
+
 def audit_rows(env: Env) -> int:
     async def main() -> int:
         engine = create_engine(env["TIDINGS_DATABASE_URL"],

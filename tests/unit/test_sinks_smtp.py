@@ -67,6 +67,8 @@ async def test_a_subject_with_a_line_break_is_a_permanent_failure_not_a_crash() 
     [
         (aiosmtplib.SMTPAuthenticationError(535, "bad credentials"), PERMANENT, "auth"),
         (aiosmtplib.SMTPAuthenticationError(454, "temporary failure"), TRANSIENT, "auth"),
+        (aiosmtplib.SMTPConnectResponseError(421, "too busy"), TRANSIENT, "refused"),
+        (aiosmtplib.SMTPConnectResponseError(554, "your IP is listed"), PERMANENT, "refused"),
         (aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by this server"), PERMANENT,
          "needs_smtputf8"),
         (aiosmtplib.SMTPRecipientsRefused(
@@ -118,6 +120,7 @@ def test_an_address_the_server_cannot_carry_does_not_count_against_it() -> None:
     failure = classify(aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by this server"))
     assert not provider_at_fault(failure)
     assert provider_at_fault(classify(aiosmtplib.SMTPException("STARTTLS not supported")))
+    assert provider_at_fault(classify(aiosmtplib.SMTPConnectResponseError(554, "blocklisted")))
 
 
 def test_email_needs_a_host() -> None:

@@ -231,8 +231,9 @@ def _rate(text: str | None) -> float | None:
         value = float(number)
     except ValueError:
         value = 0.0
-    if not value > 0:
-        raise ConfigurationError(f"--rate {text!r}: write a positive number a second, e.g. 20/s")
+    if not 0.001 <= value <= 1_000_000:  # (NaN fails too)
+        raise ConfigurationError(f"--rate {text!r}: write a number a second from 0.001 to"
+                                 " 1000000, e.g. 20/s")
     return value
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -342,7 +343,10 @@ class Sender:
             return
         reason = "; ".join(f"{f.channel} via {f.provider}: {_reason(f)}" for f in failures)
         if transient and all(_code(f) == BREAKER_OPEN for f in transient):
+            # Spread over a fifth more: the messages that met the open breaker together must
+            # not all come back the moment it half-opens.
             wait = max(f.failure.retry_after or 1.0 for f in transient if f.failure)
+            wait *= random.uniform(1.0, 1.2)
             if await self._expired(run, wait, tally):
                 return
             await self._bury(run, tally, final)

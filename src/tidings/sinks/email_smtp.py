@@ -46,33 +46,36 @@ def smtp_factory(
     return connect
 
 
-def _response_failure(exc: aiosmtplib.SMTPResponseException, bad_address: bool) -> Failure:
+def _reply_failure(exc: aiosmtplib.SMTPResponseException) -> Failure:
+    """A server's error reply: 4xx transient, 5xx permanent; whose fault it is by the step."""
     kind = TRANSIENT if 400 <= exc.code < 500 else PERMANENT
-    return Failure(kind, f"SMTP {exc.code}: {exc.message}", code=str(exc.code),
-                   smtp_code=exc.code, bad_address=bad_address and kind is PERMANENT)
-
-
-def _login_failure(exc: aiosmtplib.SMTPAuthenticationError) -> Failure:
-    if 400 <= exc.code < 500:  # e.g. 454: the server cannot check credentials just now
-        return Failure(TRANSIENT, f"SMTP login failed for now ({exc.code} {exc.message})",
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        if kind is TRANSIENT:  # e.g. 454: the server cannot check credentials just now
+            return Failure(kind, f"SMTP login failed for now ({exc.code} {exc.message})",
+                           code="auth", smtp_code=exc.code)
+        return Failure(kind, f"SMTP server refused the login ({exc.code} {exc.message}); "
+                       "check TIDINGS_SMTP_USERNAME and TIDINGS_SMTP_PASSWORD",
                        code="auth", smtp_code=exc.code)
-    return Failure(PERMANENT, f"SMTP server refused the login ({exc.code} {exc.message}); "
-                   "check TIDINGS_SMTP_USERNAME and TIDINGS_SMTP_PASSWORD",
-                   code="auth", smtp_code=exc.code)
+    if isinstance(exc, aiosmtplib.SMTPConnectResponseError):
+        # Refused in its greeting (421 busy, 554 our address blocklisted): the server's side,
+        # whatever the message; it counts against the provider and fails over.
+        return Failure(kind, f"SMTP server refused the connection: {exc.code} {exc.message}",
+                       code="refused", smtp_code=exc.code)
+    refused = isinstance(exc, aiosmtplib.SMTPRecipientRefused)
+    return Failure(kind, f"SMTP {exc.code}: {exc.message}", code=str(exc.code),
+                   smtp_code=exc.code, bad_address=refused and kind is PERMANENT)
 
 
 def classify(exc: Exception, *, data_sent: bool | None = None) -> Failure:
     """Transient or permanent, for everything a connect or a send can raise. ``data_sent``:
     whether the send had reached DATA (None: not known), after which a lost connection or a
     timeout may have delivered the message."""
-    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        return _login_failure(exc)
     if isinstance(exc.__cause__, ssl.SSLCertVerificationError):  # implicit TLS wraps it
         exc = exc.__cause__
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
-        return _response_failure(exc.recipients[0], bad_address=True)
+        return _reply_failure(exc.recipients[0])
     if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return _response_failure(exc, isinstance(exc, aiosmtplib.SMTPRecipientRefused))
+        return _reply_failure(exc)
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
         # No answer while connecting: nothing was sent; after DATA it may have been.
         return Failure(TRANSIENT, f"SMTP server did not answer in time: {exc}", code="timeout",

@@ -19,7 +19,8 @@ _log = logging.getLogger(__name__)
 
 # Permanent failures that are the provider's (or its configuration's) fault, not the message's:
 # credentials refused, an unusable URL or TLS setup, a provider that broke its contract.
-_PROVIDER_CODES = frozenset({"auth", "tls", "unsupported", "bad_url", "provider_error"})
+_PROVIDER_CODES = frozenset({"auth", "tls", "unsupported", "bad_url", "provider_error",
+                             "refused"})
 _PROVIDER_STATUSES = frozenset({401, 403, 404})
 
 
