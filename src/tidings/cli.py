@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from tidings import collector
 from tidings.analytics.cli import maintain, report, trace
@@ -38,8 +39,10 @@ cli.add_typer(bench_cli, name="bench")
 cli.add_typer(schedules_cli, name="schedules")
 cli.add_typer(dlq_cli, name="dlq")
 
-err = Console(stderr=True, soft_wrap=True)
-out = Console()
+# No markup: what they print holds stored and typed text (error messages, names) that could
+# look like rich markup; styles are given as Text.
+err = Console(stderr=True, soft_wrap=True, markup=False)
+out = Console(markup=False)
 
 
 class _State:
@@ -71,7 +74,18 @@ def run_process(command: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
 def _fail(exc: TidingsError) -> NoReturn:
     if _State.debug:
         traceback.print_exc()
-    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    fail(exc)
+
+
+def report_error(problem: object) -> None:
+    """One line on stderr, "error: " and the problem, whose text is printed as it is: never
+    read as rich markup (a stored error such as 'bad header [/]' would break the print)."""
+    err.print(Text.assemble(("error:", "bold red"), " ", str(problem)), highlight=False)
+
+
+def fail(problem: object) -> NoReturn:
+    """Report a mistake (one line, see :func:`report_error`) and exit with status 1."""
+    report_error(problem)
     raise typer.Exit(1) from None
 
 
@@ -337,5 +351,5 @@ def main() -> None:
     except TidingsError as exc:  # raised outside run(), e.g. while reading settings
         if _State.debug:
             traceback.print_exc()
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        report_error(exc)
         sys.exit(1)

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -443,8 +444,9 @@ def render(summary: dict[str, Any], console: Console) -> None:
         console.print(failures)
     not_final = summary["total"]["not_final"]
     if summary["unfinished"] or not_final:
-        console.print(f"[bold red]{summary['unfinished']} notifications unfinished:"
-                      f" {not_final} legs left in {' / '.join(NOT_FINAL)}[/]")
+        console.print(Text(f"{summary['unfinished']} notifications unfinished:"
+                           f" {not_final} legs left in {' / '.join(NOT_FINAL)}",
+                           style="bold red"))
 
 
 def _only_critical(record: logging.LogRecord) -> bool:

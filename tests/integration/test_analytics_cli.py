@@ -21,6 +21,8 @@ from tidings.pipelines.ledger import LedgerWriter, MessageRecord
 
 pytestmark = [pytest.mark.postgres]
 ACCEPTED = datetime.now(UTC) - timedelta(minutes=10)
+# Brackets as a provider's reply may hold them: printed as they are, never read as markup.
+ERROR = "550 no such user [/] [red]<bob@example.com>"
 
 
 async def _seed(database_url: str, schema: str) -> None:
@@ -34,7 +36,7 @@ async def _seed(database_url: str, schema: str) -> None:
                                                       type="welcome", created_at=ACCEPTED))
             await writer.record_delivery(
                 f"m{i}", "email", "ada@example.com", state, provider="smtp",
-                error="550 no such user" if state == "failed" else None,
+                error=ERROR if state == "failed" else None,
                 at=ACCEPTED + timedelta(milliseconds=300), duration_ms=20,
             )
         await writer.aclose()
@@ -71,7 +73,7 @@ def test_report_json_counts_the_ledger(env: dict[str, str]) -> None:
 
     assert (document["total"]["sent"], document["total"]["failed"]) == (2, 1)
     assert document["rows"]["email"]["success_rate"] == pytest.approx(2 / 3)
-    assert document["failures"] == [{"error": "550 no such user", "count": 1}]
+    assert document["failures"] == [{"error": ERROR, "count": 1}]
 
 
 def test_report_prints_tables(env: dict[str, str]) -> None:
@@ -79,7 +81,7 @@ def test_report_prints_tables(env: dict[str, str]) -> None:
 
     assert "deliveries by type" in output
     assert "welcome" in output
-    assert "550 no such user" in output
+    assert ERROR in output
 
 
 def test_report_html_is_one_self_contained_page_with_charts(
@@ -103,6 +105,8 @@ def test_report_html_is_one_self_contained_page_with_charts(
         (["report", "--by", "colour"], "--by 'colour' is not one of channel, provider"),
         (["report", "--since", "yesterday"], "--since 'yesterday' is not a duration"),
         (["trace", "nope"], "no notification 'nope' in the ledger or the dead letters"),
+        (["trace", "[/]"], "no notification '[/]' in the ledger or the dead letters"),
+        (["report", "--by", "[/]"], "--by '[/]' is not one of"),
     ],
 )
 def test_a_mistake_is_one_error_line(env: dict[str, str], args: list[str], error: str) -> None:
@@ -117,13 +121,15 @@ def test_trace_json_tells_the_story(env: dict[str, str]) -> None:
 
     assert document["message"]["type"] == "welcome"
     assert [(e["state"], e["attempt"], e["error"], e["ms"]) for e in document["events"]] == [
-        ("failed", 1, "550 no such user", 300.0)
+        ("failed", 1, ERROR, 300.0)
     ]
 
 
 def test_trace_prints_the_timeline(env: dict[str, str]) -> None:
     output = tidings(env, "trace", "m0")
+    failed = tidings(env, "trace", "m2")
 
+    assert ERROR in failed
     assert "accepted" in output
     assert "+300.0 ms" in output
     assert "smtp" in output

@@ -117,3 +117,14 @@ def test_scheduler_lateness_is_a_histogram_of_fires() -> None:
                                      {"le": "30.0"}) == 2
     assert registry.get_sample_value("tidings_scheduler_lateness_seconds_bucket",
                                      {"le": "10.0"}) == 1
+
+
+def test_a_latency_below_zero_from_clock_skew_counts_as_zero_and_the_sum_never_falls() -> None:
+    metrics = PipelineMetrics()
+    metrics.accepted("sms", "twilio", 0.03)
+    metrics.accepted("sms", "twilio", -0.05)  # the publisher's clock ahead of the worker's
+
+    get = registry_of(metrics).get_sample_value
+    labels = {"channel": "sms", "provider": "twilio"}
+    assert get("tidings_delivery_latency_seconds_sum", labels) == 0.03
+    assert get("tidings_delivery_latency_seconds_count", labels) == 2

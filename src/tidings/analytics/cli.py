@@ -35,8 +35,9 @@ def _cli() -> Any:
 
 def _fail(message: str) -> NoReturn:
     """Report a mistake found before any connection the way ``tidings.cli.run`` does."""
-    _cli().err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(1)
+    from tidings.cli import fail
+
+    fail(message)
 
 
 def _duration(option: str, value: str) -> timedelta:

@@ -88,10 +88,12 @@ class Report:
 
 
 def level_for(length: timedelta) -> str:
-    """The coarsest roll-up that still shows a period of ``length`` in enough detail."""
-    if length <= timedelta(days=2):
+    """The roll-up to read ``length`` back from now in: the finest that shows it in enough
+    detail and, with the default retention (minutes 7 days, hours 90), still holds all of it.
+    A report reads twice its period (the period before, for the trends)."""
+    if length <= timedelta(days=4):
         return "minute"
-    return "hour" if length <= timedelta(days=92) else "day"
+    return "hour" if length <= timedelta(days=90) else "day"
 
 
 def series_unit_for(length: timedelta) -> str:
@@ -157,10 +159,14 @@ async def build_report(
     dimension."""
     if by not in DIMENSIONS:
         raise ValueError(f"cannot report by {by!r}: use one of {', '.join(DIMENSIONS)}")
-    level = level_for(since)
+    level = level_for(2 * since)
     start = truncate(now - since, level)
     series_unit = series_unit_for(since)
     async with engine.connect() as conn:
+        # One snapshot for every read: a roll-up committed between two of them (tidings
+        # maintain, every minute) would count its window in both the roll-ups and the events.
+        await conn.execution_options(isolation_level="REPEATABLE READ")
+        await conn.begin()
         total, previous = await _pair(conn, level, start - (now - start), start, now)
         rows = await aggregate(conn, level, start, now, by)
         series_key = f"date_trunc('{series_unit}', bucket, 'UTC')"

@@ -12,6 +12,10 @@ import orjson
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+PASS = Text("pass", style="green")  # a target met, in a results table
+FAIL = Text("FAIL", style="bold red")
 
 Step = Callable[[str, int], None]
 Report = dict[str, Any]

@@ -52,8 +52,9 @@ def _cli() -> Any:
 
 def _fail(exc: Exception) -> NoReturn:
     """Report a mistake found before any connection the way ``tidings.cli.run`` does."""
-    _cli().err.print(f"[bold red]error:[/] {exc}", highlight=False)
-    raise typer.Exit(1)
+    from tidings.cli import fail
+
+    fail(exc)
 
 
 def _run(body: Callable[[DeadLetters, Redis | None], Awaitable[None]], *,

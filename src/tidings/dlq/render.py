@@ -11,6 +11,7 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 BAR_FROM = 6  # a handful of replays finish before a bar would be worth drawing
 
@@ -69,11 +70,11 @@ def letter(out: Console, data: dict[str, Any]) -> None:
     table = Table(show_header=False, box=None)
     for name in _DETAIL:
         value = data.get(name)
-        table.add_row(f"[bold]{name}[/]", "-" if value is None else str(value))
+        table.add_row(Text(name, style="bold"), "-" if value is None else str(value))
     out.print(table)
-    out.print("[bold]headers[/]")
+    out.print(Text("headers", style="bold"))
     out.print_json(orjson.dumps(data["headers"]).decode())
-    out.print("[bold]payload[/]")
+    out.print(Text("payload", style="bold"))
     if data["payload_text"] is not None:
         out.print("(not JSON) " + data["payload_text"], highlight=False, markup=False)
     else:
@@ -99,7 +100,8 @@ def plans(out: Console, rows: list[dict[str, Any]]) -> None:
                   title="dry run: nothing replayed")
     for r in rows:
         if "error" in r:
-            table.add_row(str(r["id"]), "", "", "", "", "", f"[red]refuse: {r['error']}[/]")
+            refusal = Text(f"refuse: {r['error']}", style="red")
+            table.add_row(str(r["id"]), "", "", "", "", "", refusal)
         else:
             table.add_row(str(r["id"]), r["topic"], r["group"], r["message_id"], r["stream"],
                           orjson.dumps(r["edits"]).decode(), "replay")
@@ -110,7 +112,7 @@ def replays(out: Console, rows: list[dict[str, Any]]) -> None:
     table = Table("id", "result", "into stream", "entry id", "ledger rows reset")
     for r in rows:
         if "error" in r:
-            table.add_row(str(r["id"]), "[red]refused[/]", "", "", r["error"])
+            table.add_row(str(r["id"]), Text("refused", style="red"), "", "", r["error"])
         else:
             table.add_row(str(r["id"]), "replayed", r["stream"], r["entry_id"] or "(earlier)",
                           str(r["deliveries_reset"]))

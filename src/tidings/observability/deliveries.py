@@ -66,7 +66,9 @@ class PipelineMetrics:
         histogram = self.latency.get((channel, provider))
         if histogram is None:
             histogram = self.latency[(channel, provider)] = Histogram(DELAY_BOUNDS)
-        histogram.observe(seconds)
+        # Accepted by one host's clock, sent by another's: skew can make it negative, and a
+        # histogram's _sum must never go down (Prometheus would take it for a reset).
+        histogram.observe(max(seconds, 0.0))
 
     def provider_call(self, provider: str, outcome: str, seconds: float) -> None:
         """One provider call took ``seconds`` (outcome: sent, transient or permanent)."""

@@ -18,6 +18,7 @@ from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from tidings import keys
 from tidings.connections import connect_redis, resolve_redis_url
@@ -255,7 +256,7 @@ def queues_table(snapshot: QueueSnapshot) -> Table:
             row.topic, row.group or "-", str(row.partitions), str(row.depth), str(row.pending),
             "?" if row.lag is None else str(row.lag), str(row.consumers),
             "-" if age is None else f"{age:.1f}s", str(row.delayed),
-            f"[red]{row.dead}[/]" if row.dead else "0",
+            Text(str(row.dead), style="red") if row.dead else "0",
         )
     if not snapshot.topics:
         table.caption = "no topics registered in this namespace yet"

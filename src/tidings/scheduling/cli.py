@@ -70,8 +70,9 @@ def _run_with_store(body: Callable[[Schedules], Awaitable[None]]) -> None:
 
 def _fail(exc: Exception) -> NoReturn:
     """Report a mistake found before any connection the way ``tidings.cli.run`` does."""
-    _cli().err.print(f"[bold red]error:[/] {exc}", highlight=False)
-    raise typer.Exit(1)
+    from tidings.cli import fail
+
+    fail(exc)
 
 
 def _timing(
@@ -111,11 +112,12 @@ def _print_status(status: ScheduleStatus, as_json: bool) -> None:
         out.print_json(orjson.dumps(status.as_json()).decode())
         return
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(show_header=False, box=None)
     for field, value in status.as_json().items():
         shown = orjson.dumps(value).decode() if isinstance(value, dict | list) else value
-        table.add_row(f"[bold]{field}[/]", "-" if shown is None else str(shown))
+        table.add_row(Text(field, style="bold"), "-" if shown is None else str(shown))
     out.print(table)
 
 
