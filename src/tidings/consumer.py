@@ -32,7 +32,7 @@ from tidings.observability.logs import current_trace
 from tidings.redelivery import dead_letter_fields, retried_fields, retry_delay
 from tidings.retry import RetryPolicy
 from tidings.settings import Settings
-from tidings.tasks import being_cancelled
+from tidings.tasks import all_or_none, being_cancelled
 from tidings.transport import Entry, Transport, min_id, pack_delayed
 
 log = logging.getLogger("tidings.consumer")
@@ -214,7 +214,9 @@ class PartitionConsumer:
             slot = index if key is None else zlib.crc32(key.encode())
             slot %= concurrency
             slots[slot].append(item)
-        await asyncio.gather(*(self._run_in_order(s) for s in slots if s))
+        # One slot failing stops the others before this returns: none may run on beside the
+        # next batch (a key's later message before its earlier one) or past a stop.
+        await all_or_none([self._run_in_order(s) for s in slots if s])
 
     def _admit(
         self, entry: Entry, rejects: list[tuple[Entry, str, str]]

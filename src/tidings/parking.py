@@ -52,7 +52,10 @@ class Parking:
                  lead_s: float = 60.0, every_s: float = 5.0, batch: int = 500) -> None:
         self.engine = engine
         self.park_after_s = park_after_s
-        self.lead_s = lead_s  # back in Redis this long before due: plenty for every_s polls
+        # Back in Redis this long before due: plenty for every_s polls. Never as long as
+        # park_after_s: a retry would be parked and brought back at once, again and again,
+        # and one worker's unpark could land between another's park and its ZREM.
+        self.lead_s = min(lead_s, park_after_s / 2)
         self.every_s = every_s
         self.batch = batch
         self._stop = asyncio.Event()

@@ -172,7 +172,13 @@ class Worker:
     async def _stop_background(self) -> None:
         if self.parking is not None and self._unparking is not None:
             self.parking.stop()
-            await asyncio.gather(self._unparking, return_exceptions=True)
+            # A database that hangs (a lock, a partition) must not hold the stop for ever; a
+            # round cut short is finished by the next worker (park and unpark are idempotent).
+            try:
+                await asyncio.wait_for(self._unparking, self.settings.shutdown_timeout_s)
+            except TimeoutError:
+                log.warning("parked retries were still being moved at the deadline; the next"
+                            " worker finishes the round")
         if self.recorder is None or self._recording is None:
             return
         self.recorder.stop()
@@ -188,7 +194,11 @@ class Worker:
         if heartbeat is not None:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
-            await asyncio.shield(self._mark_stopped())
+            try:
+                await asyncio.wait_for(asyncio.shield(self._mark_stopped()),
+                                       self.settings.shutdown_timeout_s)
+            except TimeoutError:
+                log.warning("could not record the stop in time; the heartbeat lapses instead")
         log.info("worker %s stopped", self.consumer)
 
     def instance_id(self, agent_name: str) -> str:

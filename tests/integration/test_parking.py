@@ -186,3 +186,9 @@ async def test_retries_parked_already_come_back_while_parking_more_fails(
         parking.stop()
         await running_parking
     assert await parked(app) == []
+
+
+def test_a_retry_is_never_brought_back_as_early_as_it_would_be_parked() -> None:
+    engine: Any = None  # not used to build one
+    assert Parking(engine, park_after_s=3600).lead_s == 60
+    assert Parking(engine, park_after_s=10).lead_s == 5  # not 60: parked, unparked, again
