@@ -30,6 +30,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
+import asyncpg
+
 from tidings.direct import DirectPool, Statement, json_param
 
 log = logging.getLogger(__name__)
@@ -53,15 +55,14 @@ GONE = "gone"
 """Its message is no longer in the ledger (retention deleted it): it cannot be sent once."""
 
 # A row in accepted / delayed / failed moves to 'sending' and is ours; a missing one is created
-# so (unless its message is gone from the ledger); so is a 'sending' row that holds the leg's
-# token. Any other state is reported as it was;
-# a 'sending' row younger than :stale_s is busy. The legs come as one JSON array of
-# [message_id, channel, recipient, token] (see direct.json_param).
-_CLAIM = Statement.parse("""
+# so (unless its message is gone from the ledger, see _CLAIM_CHECKED); so is a 'sending' row
+# that holds the leg's token. Any other state is reported as it was; a 'sending' row younger
+# than :stale_s is busy. The legs come as one JSON array of [message_id, channel, recipient,
+# token] (see direct.json_param).
+_CLAIM_SQL = """
 WITH want AS (
     SELECT DISTINCT leg->>0 AS message_id, leg->>1 AS channel, leg->>2 AS recipient,
-                    leg->>3 AS token,
-                    EXISTS (SELECT 1 FROM messages AS m WHERE m.id = leg->>0) AS known
+                    leg->>3 AS token, {known} AS known
     FROM json_array_elements(CAST(:legs AS json)) AS leg
 ), prior AS (
     SELECT d.message_id, d.channel, d.recipient, d.last_error,
@@ -84,7 +85,14 @@ SELECT want.message_id, want.channel, want.recipient, want.token, want.known,
 FROM want
 LEFT JOIN prior USING (message_id, channel, recipient)
 LEFT JOIN claimed USING (message_id, channel, recipient)
-""")
+"""
+_CLAIM = Statement.parse(_CLAIM_SQL.format(known="true"))
+# Only once a claim failed on the messages foreign key (a leg whose message retention deleted
+# while it waited): the same, leaving out and reporting such legs. Not on every claim: even
+# written so (a subquery with LIMIT, probed per leg through the primary key, where EXISTS was
+# planned as a scan of the whole table: 3 ms → 18 ms for 100 legs among 60 000 messages).
+_CLAIM_CHECKED = Statement.parse(_CLAIM_SQL.format(
+    known="(SELECT true FROM messages AS m WHERE m.id = leg->>0 LIMIT 1) IS NOT NULL"))
 
 
 # Only rows this claim still holds: one gone stale and claimed by another is theirs.
@@ -238,7 +246,10 @@ class Intents:
         params = {"legs": json_param([[*leg, token] for leg, token in tokens.items()]),
                   "stale_s": self._stale_s}
         try:
-            rows = await self._direct.fetch(_CLAIM, params)  # one statement: atomic
+            try:
+                rows = await self._direct.fetch(_CLAIM, params)  # one statement: atomic
+            except asyncpg.ForeignKeyViolationError:  # it wrote nothing
+                rows = await self._direct.fetch(_CLAIM_CHECKED, params)
         except BaseException:  # it may have committed: these legs may be ours, unsent
             self._remember(tokens)
             self._remember({leg: claim.token for leg, claim in result.items()  # (all held)
