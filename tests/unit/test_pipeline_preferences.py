@@ -123,6 +123,23 @@ def test_on_the_fall_back_night_the_first_occurrence_of_the_end_is_used() -> Non
     assert decision.until.astimezone(UTC) == datetime(2026, 11, 1, 5, 30, tzinfo=UTC)
 
 
+@pytest.mark.parametrize("now", [
+    datetime(2026, 11, 1, 6, 15, tzinfo=UTC),  # the second 01:15, as the pipeline passes it
+    datetime(2026, 11, 1, 1, 15, fold=1, tzinfo=ZoneInfo("America/New_York")),  # the same
+])
+def test_in_the_repeated_hour_the_window_ends_at_the_second_reading_of_its_end(
+    now: datetime,
+) -> None:
+    # 23:00-01:30 in New York on 2026-11-01: at the second 01:15 the window has 15 minutes
+    # left, not a day and 15 minutes; nor is it over already.
+    prefs = _prefs(time(23), time(1, 30), timezone="America/New_York")
+
+    decision = decide(prefs, _notification(), "email", now)
+
+    assert decision.until is not None
+    assert decision.until.astimezone(UTC) == datetime(2026, 11, 1, 6, 30, tzinfo=UTC)
+
+
 def test_a_naive_now_is_refused() -> None:
     with pytest.raises(ValueError, match="aware"):
         decide(_prefs(), _notification(), "email", datetime(2026, 1, 1))

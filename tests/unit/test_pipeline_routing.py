@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, time
 from functools import cache
 from typing import Any
 
@@ -9,8 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tidings import App
+from tidings.message import Envelope, Message, Priority
 from tidings.notification import Notification
-from tidings.pipelines.preferences import Preferences
+from tidings.pipelines.graph import Item
+from tidings.pipelines.notifications import NotificationPipeline
+from tidings.pipelines.preferences import Preferences, QuietHours
 from tidings.pipelines.routing import Route, Router, RoutingError, Rule, matches
 
 
@@ -197,3 +202,17 @@ def test_auto_excludes_a_channel_the_recipient_has_no_address_for() -> None:
 def test_a_rule_with_an_unknown_channel_is_refused() -> None:
     with pytest.raises(RoutingError, match=r"rule order\.\*: unknown channel 'fax'"):
         Rule("order.*", channels=("fax",))  # type: ignore[arg-type]
+
+
+async def test_a_send_at_inside_quiet_hours_waits_for_their_end() -> None:
+    pipeline = NotificationPipeline(App("quiet"))
+    prefs = Preferences(user_id="u1", quiet_hours=QuietHours(time(22), time(7)),
+                        timezone="Europe/Lisbon")
+    now = datetime(2026, 6, 1, 11, 0, tzinfo=UTC)  # noon in Lisbon: not quiet
+    n = _notification(["email"]).model_copy(
+        update={"send_at": datetime(2026, 6, 2, 1, 0, tzinfo=UTC)})  # 02:00 in Lisbon: quiet
+    item = Item(Message(n, Envelope(id="m1"), "0-1", 0), n, "u1", Priority.NORMAL)
+
+    await pipeline._route_one(item, n, prefs, now)
+
+    assert item.attrs["until"] == datetime(2026, 6, 2, 6, 0, tzinfo=UTC)  # 07:00 in Lisbon

@@ -373,8 +373,10 @@ class NotificationPipeline:
             await self._record(item, channel, "filtered", error=reason)
         channels: list[Channel] = []
         until: datetime | None = n.send_at if n.send_at and n.send_at - now > MIN_DELAY else None
+        # Quiet hours are those of when it would go out: a send_at in them waits for their end.
+        going = max(now, n.send_at) if n.send_at else now
         for channel in route.channels:
-            decision = decide(preference, n, channel, now)
+            decision = decide(preference, n, channel, going)
             if decision.outcome == Outcome.SKIP:
                 await self._record(item, channel, "filtered", error=decision.reason)
                 continue

@@ -133,14 +133,19 @@ def quiet_end_after(quiet: QuietHours, now: datetime, zone: ZoneInfo) -> datetim
     """The first instant after ``now`` at which the window ends: local time reads ``end``.
 
     An end skipped by a spring-forward gap resolves to the first instant after the gap; an
+    end read twice (the hour clocks go back) is the first of its readings after ``now``; an
     end that lands back inside the window (a window wrapping into the gap) waits a day more.
+    Compared as UTC instants: two times of one zone compare by their clock readings alone.
     Returned in ``zone``.
     """
-    day = now.astimezone(zone).date()
+    at = now.astimezone(UTC)
+    day = at.astimezone(zone).date()
     for days in range(3):
-        candidate = _resolve(datetime.combine(day + timedelta(days=days), quiet.end), zone)
-        if candidate > now and not quiet.contains(_wall(candidate)):
-            return candidate
+        naive = datetime.combine(day + timedelta(days=days), quiet.end)
+        ends = [end for end in (_resolve(naive, zone, fold) for fold in (0, 1))
+                if end.astimezone(UTC) > at and not quiet.contains(_wall(end))]
+        if ends:
+            return min(ends, key=lambda end: end.astimezone(UTC))
     raise AssertionError("unreachable: a quiet window ends within three days")
 
 
@@ -148,9 +153,10 @@ def _wall(instant: datetime) -> time:
     return instant.time().replace(tzinfo=None)
 
 
-def _resolve(naive: datetime, zone: ZoneInfo) -> datetime:
-    """``naive`` as an aware time in ``zone``: its first occurrence, or the end of its gap."""
-    aware = naive.replace(tzinfo=zone, fold=0)
+def _resolve(naive: datetime, zone: ZoneInfo, fold: int = 0) -> datetime:
+    """``naive`` as an aware time in ``zone``: its first occurrence (``fold`` 1: its second,
+    where it occurs twice), or the end of its gap."""
+    aware = naive.replace(tzinfo=zone, fold=fold)
     if aware.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == naive:
         return aware
     # In a gap the two folds read on either side of the transition; find it to the second.
