@@ -141,8 +141,26 @@ def test_the_sandbox_refuses_unsafe_attribute_access() -> None:
 def test_the_sandbox_refuses_a_huge_range() -> None:
     template = _template(body="{% for i in range(10**9) %}x{% endfor %}")
 
-    with pytest.raises(TemplateError, match="OverflowError"):
+    with pytest.raises(TemplateError, match="a range of 1,000,000,000 is over the 10,000"):
         _render(template)
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    ("{{ 'x' * 400000000 }}", "a repetition of 400,000,000 items"),  # folded when compiled
+    ("{{ name * n }}", "a repetition of 30,000,000 items"),  # built from the data
+    ("{{ 2 ** 100000 }}", "an exponent of 100000"),
+])
+def test_the_sandbox_refuses_to_build_something_huge_and_says_what(body: str, error: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(TemplateError, match=error):
+        _render(_template(body=body), name="abc", n=10_000_000)
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_part_that_renders_over_a_mebibyte_is_an_error() -> None:
+    body = "{% for i in range(10000) %}{{ name }}{% endfor %}"
+    with pytest.raises(TemplateError, match="rendered 1,100,000 characters"):
+        _render(_template(body=body), name="x" * 110)
 
 
 def test_an_exception_inside_rendering_becomes_a_template_error() -> None:
@@ -189,6 +207,22 @@ async def test_pre_rendered_content_is_used_as_is() -> None:
 async def test_a_missing_template_names_the_locales_it_tried() -> None:
     with pytest.raises(TemplateNotFound, match="in locales pt-BR, pt, en"):
         await Renderer(Memory()).render(_notification("pt-BR"), "email")
+
+
+async def test_the_cache_keeps_the_most_recently_used_templates_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(Renderer, "CACHE_SIZE", 3)
+    source = Memory(*(_template(name=f"t{i}") for i in range(5)))
+    renderer = Renderer(source)
+    for i in (0, 1, 2, 0, 3, 4):  # t0 used again: t1 and t2 are the oldest
+        await renderer.render(_notification(template=f"t{i}"), "email")
+    source.lookups = 0
+
+    await renderer.render(_notification(template="t0"), "email")
+    await renderer.render(_notification(template="t1"), "email")
+
+    assert source.lookups == 1, "t0 was still cached; t1 had to be loaded again"
 
 
 async def test_a_cached_template_costs_no_lookup_until_the_recheck_time() -> None:

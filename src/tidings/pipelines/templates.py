@@ -10,6 +10,7 @@ row's ``version`` moved, so the hot path does no I/O and no compilation.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +19,7 @@ from typing import Any, Protocol, cast, get_args
 from jinja2 import StrictUndefined
 from jinja2 import Template as Jinja
 from jinja2 import TemplateError as JinjaError
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 from sqlalchemy import Row, func, select
@@ -76,11 +78,46 @@ def _html_only(name: str | None) -> bool:
     return name is not None and name.endswith(":html")
 
 
+# What one template may build: a rendered part, a repeated string or list, a range.
+MAX_RENDERED = 1 << 20
+MAX_RANGE = 10_000
+
+
+class _Sandbox(SandboxedEnvironment):
+    """Jinja's sandbox, with ``*`` and ``**`` checked when they run (Jinja would otherwise
+    work out ``'x' * 400000000`` while compiling: seconds and gigabytes) and a smaller range.
+    A template can still loop for long over data it is given, or in nested loops: templates
+    are code, to be stored by people trusted to write them."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if (isinstance(seq, str | list | tuple) and isinstance(times, int)
+                        and len(seq) * times > MAX_RENDERED):
+                    raise SecurityError(f"a repetition of {len(seq) * times:,} items is over"
+                                        f" the {MAX_RENDERED:,} a template may build")
+        elif isinstance(right, int | float) and abs(right) > 1_000:
+            raise SecurityError(f"an exponent of {right} is over the 1 000 a template may use")
+        return super().call_binop(context, operator, left, right)
+
+
+def _range(*bounds: int) -> range:
+    numbers = range(*bounds)
+    if len(numbers) > MAX_RANGE:
+        raise SecurityError(f"a range of {len(numbers):,} is over the {MAX_RANGE:,} a template"
+                            " may loop over")
+    return numbers
+
+
 def environment() -> SandboxedEnvironment:
     """The sandbox every template renders in: undefined names fail, HTML parts autoescape."""
-    return SandboxedEnvironment(
+    env = _Sandbox(
         undefined=StrictUndefined, autoescape=_html_only, auto_reload=False, cache_size=0
     )
+    env.globals["range"] = _range
+    return env
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +138,16 @@ class Compiled:
                 env = jinja.environment
                 rendered[part] = env.concat(
                     jinja.root_render_func(jinja.new_context(parent, shared=True)))
+            except MemoryError:  # the process's trouble, not this template's alone
+                raise
             # Not only Jinja's errors: a filter or a method on the data can raise anything,
             # and it is still this template failing on this data, never a crashed worker.
             except Exception as exc:
                 raise TemplateError(t.name, t.channel, t.locale,
                                     f"{part}: {type(exc).__name__}: {exc}") from None
+            if len(rendered[part]) > MAX_RENDERED:
+                raise TemplateError(t.name, t.channel, t.locale, f"{part}: rendered"
+                                    f" {len(rendered[part]):,} characters, over {MAX_RENDERED:,}")
         try:
             return Content(**rendered)
         except ValidationError:
@@ -242,6 +284,8 @@ class Renderer:
     (transient: let the message be retried).
     """
 
+    CACHE_SIZE = 10_000  # compiled templates kept; the least recently used go first
+
     def __init__(
         self,
         store: TemplateSource,
@@ -255,7 +299,9 @@ class Renderer:
         self._recheck_s = recheck_s
         self._clock = clock
         self._env = environment()
-        self._cache: dict[tuple[str, str, str, str], _Cached] = {}
+        # The least recently used first: the keys come from producers (names, locales,
+        # tenants), so without a bound a long-running worker would keep every one it met.
+        self._cache: OrderedDict[tuple[str, str, str, str], _Cached] = OrderedDict()
 
     def invalidate(self, name: str | None = None) -> None:
         """Forget cached templates (all, or those named ``name``): the next render reloads."""
@@ -288,6 +334,9 @@ class Renderer:
             cached = await self._load(name, channel, locale, tenant, cached)
             cached.checked_at = now
             self._cache[key] = cached
+            while len(self._cache) > self.CACHE_SIZE:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
         if isinstance(cached.result, TemplateError):
             raise cached.result.fresh()
         return cached.result
