@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -51,12 +52,13 @@ async def open_database(settings: Settings) -> AsyncEngine:
 
 
 def redacted(url: str) -> str:
-    """The URL without its password, fit for an error message or a log line."""
+    """The URL without its password (after the user, or a ``password=`` option, as a unix
+    socket URL carries it), fit for an error message or a log line."""
     parts = urlsplit(url)
     if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+        url = urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@",
+                                                                    ":***@")))
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
 
 
 @dataclass(frozen=True)

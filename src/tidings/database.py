@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import URL, text
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy import URL, make_url, text
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.schema import CreateSchema
 
@@ -16,6 +16,8 @@ from tidings.errors import ConfigurationError, ConnectionFailed
 _ASYNC_SCHEME = "postgresql+asyncpg"
 # The engine carries its schema among its execution options, for connections made beside it.
 SCHEMA_OPTION = "tidings_schema"
+# ... and the URL's libpq options (sslmode, connect_timeout), which asyncpg's DSN takes as they are.
+LIBPQ_OPTION = "tidings_libpq"
 _ACCEPTED_SCHEMES = ("postgres", "postgresql", _ASYNC_SCHEME)
 
 
@@ -48,13 +50,23 @@ def create_engine(url: str, *, schema: str, pool_size: int, connect_timeout: flo
     The tables carry no schema of their own; the ``search_path`` set at connect time places them,
     so one database can hold several independent tidings installations.
     """
+    try:
+        parsed = make_url(async_url(url))
+    except (ArgumentError, ValueError) as exc:  # e.g. a port that is not a number
+        raise ConfigurationError(f"the database URL cannot be read ({exc}): check"
+                                 " TIDINGS_DATABASE_URL") from None
+    # libpq's options, as hosted PostgreSQL URLs carry them: asyncpg's connect() names them
+    # otherwise (SQLAlchemy would pass them on as they are, and asyncpg refuse them).
+    libpq = {k: v for k, v in parsed.query.items() if k in ("sslmode", "connect_timeout")}
     connect_args: dict[str, Any] = {
-        "timeout": connect_timeout,
+        "timeout": float(str(libpq.get("connect_timeout", connect_timeout))),
         "server_settings": {"search_path": f"{quote_ident(schema)}, public"},
     }
+    if "sslmode" in libpq:
+        connect_args["ssl"] = str(libpq["sslmode"])
     return create_async_engine(
-        async_url(url), pool_size=pool_size, pool_pre_ping=True, connect_args=connect_args,
-        execution_options={SCHEMA_OPTION: schema},
+        parsed.difference_update_query(list(libpq)), pool_size=pool_size, pool_pre_ping=True,
+        connect_args=connect_args, execution_options={SCHEMA_OPTION: schema, LIBPQ_OPTION: libpq},
     )
 
 
@@ -67,9 +79,10 @@ def display_url(engine: AsyncEngine) -> str:
     """The engine's URL as the user wrote it, minus the password: safe for logs and errors."""
     url = engine.url
     # URL.set() cannot clear a field, so build the URL afresh without the password.
-    bare = URL.create("postgresql", url.username, None, url.host, url.port, url.database, url.query)
+    query = {k: "***" if k == "password" else v for k, v in url.query.items()}
+    bare = URL.create("postgresql", url.username, None, url.host, url.port, url.database, query)
     # '/' is legal in a query; unescaped, a socket directory reads as the user wrote it.
-    return bare.render_as_string().replace("%2F", "/")
+    return bare.render_as_string().replace("%2F", "/").replace("%2A", "*")
 
 
 async def ping(engine: AsyncEngine) -> None:
@@ -77,6 +90,10 @@ async def ping(engine: AsyncEngine) -> None:
     try:
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
+    except TypeError as exc:  # an option in the URL's query that asyncpg does not take
+        raise ConfigurationError(
+            f"the database URL {display_url(engine)} has an option PostgreSQL's driver does not"
+            f" take ({exc}); tidings passes on host, sslmode and connect_timeout") from None
     except (SQLAlchemyError, OSError) as exc:
         raise ConnectionFailed(
             f"cannot reach PostgreSQL at {display_url(engine)}: {_reason(exc)}. "

@@ -26,7 +26,7 @@ import asyncpg
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tidings.database import async_url, quote_ident, schema_of
+from tidings.database import LIBPQ_OPTION, async_url, quote_ident, schema_of
 
 _PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
@@ -108,7 +108,9 @@ class DirectPool:
     @classmethod
     def of(cls, engine: AsyncEngine, *, size: int = 4, connect_timeout: float = 5.0) -> DirectPool:
         """A pool to the database and schema ``engine`` connects to (embedded or configured)."""
-        url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        libpq = engine.get_execution_options().get(LIBPQ_OPTION, {})
+        url = (engine.url.set(drivername="postgresql").update_query_dict(libpq)
+               .render_as_string(hide_password=False))
         return cls(url, schema=schema_of(engine), size=size, connect_timeout=connect_timeout)
 
     async def _get(self) -> asyncpg.Pool:

@@ -10,12 +10,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.schema import CreateSchema
 
 from tidings.database import quote_ident
-from tidings.errors import MigrationsPending
+from tidings.errors import ConfigurationError, MigrationsPending
 
 _SCRIPTS = "tidings:migrations"
 _Command = Callable[[Config, str], None]
@@ -106,7 +107,10 @@ def _run_alembic(conn: Connection, schema: str, alembic: _Command, revision: str
         if step.up_revision_id is not None:
             applied.append(step.up_revision_id)
 
-    alembic(_config(schema, conn, record), revision)
+    try:
+        alembic(_config(schema, conn, record), revision)
+    except CommandError as exc:  # e.g. a revision that does not exist
+        raise ConfigurationError(f"cannot migrate to {revision!r}: {exc}") from None
     return applied
 
 

@@ -29,9 +29,13 @@ def _parse(text: str, where: str) -> Any:
 
 def _read_lines(file: Path) -> list[tuple[int, Any]]:
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
+        # Lines end at '\n' alone: JSON may hold U+2028 and the like unescaped.
+        lines = file.read_text(encoding="utf-8").split("\n")
     except OSError as exc:
         raise ConfigurationError(f"cannot read {file}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"{file} is not UTF-8 text (byte {exc.start}): JSON lines are"
+                           " UTF-8") from None
     return [(n, _parse(line, f"{file}:{n}")) for n, line in enumerate(lines, 1) if line.strip()]
 
 

@@ -107,6 +107,7 @@ def test_report_html_is_one_self_contained_page_with_charts(
         (["trace", "nope"], "no notification 'nope' in the ledger or the dead letters"),
         (["trace", "[/]"], "no notification '[/]' in the ledger or the dead letters"),
         (["report", "--by", "[/]"], "--by '[/]' is not one of"),
+        (["report", "--html", "/nonexistent/dir/r.html"], "cannot write /nonexistent/dir/r.html"),
     ],
 )
 def test_a_mistake_is_one_error_line(env: dict[str, str], args: list[str], error: str) -> None:

@@ -109,6 +109,35 @@ def test_an_unreachable_database_fails_migrate_with_one_error_line(home: Path) -
     assert "TIDINGS_DATABASE_URL" in line
 
 
+@pytest.mark.parametrize(("url", "error"), [
+    ("postgresql://postgres@127.0.0.1:abc/test", "the database URL cannot be read"),
+    ("postgresql://postgres@127.0.0.1:5432/test?bogus=1", "has an option PostgreSQL's driver"),
+    ("postgresql://postgres@127.0.0.1:1/test?password=s3cret", "password=***"),
+])
+def test_a_database_url_that_cannot_work_is_one_line_without_its_password(
+    home: Path, url: str, error: str
+) -> None:
+    line = error_line(tidings("migrate", home=home, database_url=url))
+    assert error in line
+    assert "s3cret" not in line
+
+
+def test_a_database_url_with_libpq_options_works(home: Path, database_url: str) -> None:
+    if not database_url.startswith("postgresql://postgres@127.0.0.1"):
+        pytest.skip("needs a TCP PostgreSQL URL to add the options to (the embedded one is a"
+                    " unix socket)")
+    url = f"{database_url}?sslmode=disable&connect_timeout=3"
+    result = tidings("migrate", "--downgrade", "nosuchrev", home=home, database_url=url)
+    assert "cannot migrate to 'nosuchrev': " in error_line(result), "connected, then refused"
+
+
+def test_a_redis_password_in_a_socket_url_is_not_printed(home: Path) -> None:
+    line = error_line(tidings("queues", home=home,
+                              redis_url="unix:///nonexistent/redis.sock?password=s3cret"))
+    assert "password=***" in line
+    assert "s3cret" not in line
+
+
 def test_a_misspelled_database_scheme_is_named(home: Path) -> None:
     result = tidings("migrate", home=home, database_url="postgress://postgres@127.0.0.1/test")
     assert "unsupported database URL scheme 'postgress://'" in error_line(result)
@@ -201,6 +230,25 @@ def test_a_file_that_cannot_be_read_is_named(home: Path, tmp_path: Path) -> None
     result = tidings("publish", TOPIC, "--file", str(missing), "--app", APP, home=home,
                      redis_url=NOWHERE_REDIS)
     assert f"cannot read {missing}" in error_line(result)
+
+
+def test_a_file_that_is_not_utf8_is_one_line(home: Path, tmp_path: Path) -> None:
+    file = tmp_path / "latin1.jsonl"
+    file.write_bytes(b'{"n": 1}\n\xff\xfe\n')
+    result = tidings("publish", TOPIC, "--file", str(file), "--app", APP, home=home,
+                     redis_url=NOWHERE_REDIS)
+    assert "is not UTF-8 text" in error_line(result)
+
+
+def test_a_line_separator_inside_a_json_string_does_not_split_the_line(
+    home: Path, redis_url: str, namespace: str, store: Redis, tmp_path: Path
+) -> None:
+    file = tmp_path / "separators.jsonl"
+    file.write_text('{"n": 1, "note": "a\u2028b\u0085c"}\n', encoding="utf-8")
+    result = tidings("publish", TOPIC, "--file", str(file), "--app", APP, home=home,
+                     redis_url=redis_url, namespace=namespace)
+    assert result.returncode == 0, result.stderr
+    assert published(store, namespace) == 1
 
 
 def test_a_good_file_publishes_every_line(

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tidings.embedded.postgres_server import Postmaster
+import pytest
+
+from tidings.embedded.postgres_server import Postmaster, _launch
 from tidings.embedded.redis_server import SOCKET_PATH_MAX, config, socket_path
+from tidings.errors import EmbeddedServerError
 
 _POSTMASTER_PID = """\
 4242
@@ -64,3 +67,8 @@ def test_half_written_postmaster_pid_file_reads_as_no_server(tmp_path: Path) -> 
     (tmp_path / "postmaster.pid").write_text("4242\n")
     assert Postmaster.read(tmp_path) is None
     assert Postmaster.read(tmp_path / "absent") is None
+
+
+def test_a_home_with_a_space_is_refused_before_postgres_is_started(tmp_path: Path) -> None:
+    with pytest.raises(EmbeddedServerError, match=r"its path has a space\. Set TIDINGS_HOME"):
+        _launch(tmp_path / "my home" / "postgres")

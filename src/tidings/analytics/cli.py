@@ -97,7 +97,10 @@ def report(
 
         built = await build_report(engine, datetime.now(UTC), period, dimension)
         if html is not None:
-            html.write_text(report_html(built), encoding="utf-8")
+            try:
+                html.write_text(report_html(built), encoding="utf-8")
+            except OSError as exc:
+                _fail(f"cannot write {html}: {exc.strerror}")
         if json_output:
             _print_json(built.to_json())
         else:

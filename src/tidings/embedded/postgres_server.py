@@ -103,6 +103,10 @@ def _live(pgdata: Path) -> Postmaster | None:
 
 
 def _launch(pgdata: Path) -> None:
+    if any(c.isspace() for c in str(pgdata)):  # pgserver hands postgres the path unquoted
+        raise EmbeddedServerError(
+            f"the embedded PostgreSQL cannot run in {str(pgdata)!r}: its path has a space. Set"
+            " TIDINGS_HOME to a path without one, or TIDINGS_DATABASE_URL to your own server")
     pgserver = _pgserver()
     found = pgserver.pgdata_version(pgdata)
     if found is not None and found != pgserver.TARGET_POSTGRES_VERSION:
