@@ -154,10 +154,13 @@ def worker(
 def migrate(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
     downgrade: Annotated[
-        bool, typer.Option("--downgrade", help="Go down to REVISION instead of up.")
+        bool, typer.Option("--downgrade", help="Go down to REVISION (say which: e.g. base).")
     ] = False,
 ) -> None:
     """Apply (or revert) database migrations; safe to run from several processes at once."""
+    if downgrade and revision == "head":
+        fail("--downgrade needs the REVISION to go down to, e.g. `tidings migrate --downgrade"
+             " base` (every table dropped)")
     from tidings import database
     from tidings import migrate as migrations
     from tidings.connections import open_database

@@ -34,6 +34,9 @@ def load_object(path: str, what: str) -> object:
                 " that contains it, or install it into this environment"
             ) from None
         raise AppLoadError(f"importing {module_name!r} failed: {exc}") from exc
+    except Exception as exc:  # the module's own code: a syntax error, a failing import
+        raise AppLoadError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+                           " (--debug shows where)") from exc
     try:
         return getattr(module, attribute)
     except AttributeError:

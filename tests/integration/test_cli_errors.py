@@ -138,6 +138,11 @@ def test_a_redis_password_in_a_socket_url_is_not_printed(home: Path) -> None:
     assert "s3cret" not in line
 
 
+def test_a_downgrade_needs_a_revision(home: Path) -> None:
+    line = error_line(tidings("migrate", "--downgrade", home=home, redis_url=NOWHERE_REDIS))
+    assert "--downgrade needs the REVISION to go down to" in line
+
+
 def test_a_misspelled_database_scheme_is_named(home: Path) -> None:
     result = tidings("migrate", home=home, database_url="postgress://postgres@127.0.0.1/test")
     assert "unsupported database URL scheme 'postgress://'" in error_line(result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -139,3 +140,5 @@ async def test_queues_watch_refreshes_until_interrupted(
         rest, _ = await asyncio.wait_for(process.communicate(), 10)
 
     assert (seen + rest).count(b'"taken_ms"') >= 2
+    lines = [line for line in (seen + rest).splitlines() if line.strip()]
+    assert all("taken_ms" in json.loads(line) for line in lines[:2]), "one object a line"

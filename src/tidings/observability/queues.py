@@ -272,9 +272,12 @@ async def queues_command(
         if json_output:
             while True:
                 snapshot = await read_queues(client, settings.namespace)
-                console.print_json(orjson.dumps(queues_document(snapshot)).decode())
+                document = orjson.dumps(queues_document(snapshot)).decode()
                 if not watch:
+                    console.print_json(document)
                     return
+                # One object a line (JSON Lines), as a program following the stream reads it.
+                console.print(document, soft_wrap=True, highlight=False)
                 await asyncio.sleep(every_s)
         snapshot = await read_queues(client, settings.namespace)
         if not watch:
