@@ -86,6 +86,10 @@ class Coalesced(Generic[K, R]):
             for _, future in calls:
                 future.cancel()
             raise
+        if len(outcomes) != len(calls):  # work broke its contract: every caller is told, none hangs
+            broken = RuntimeError(f"the merged call returned {len(outcomes)} results for"
+                                  f" {len(calls)} calls")
+            outcomes = [_Failed(broken)] * len(calls)
         for (_, future), outcome in zip(calls, outcomes, strict=True):
             if future.done():
                 continue

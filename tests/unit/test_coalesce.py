@@ -113,3 +113,21 @@ async def test_a_caller_cancelled_in_flight_does_not_stop_the_call_for_the_other
     assert await staying == 3
     assert leaving.cancelled()
     assert work.calls == [[[1]], [[2], [3]]]
+
+
+async def test_work_returning_the_wrong_number_of_results_fails_every_caller() -> None:
+    async def short(batches: list[Sequence[int]]) -> list[int]:
+        await asyncio.sleep(0.01)
+        return [sum(batches[0])]  # one result, whatever the number of calls
+
+    coalesced = Coalesced(short)
+    first = asyncio.create_task(coalesced([1]))
+    await asyncio.sleep(0)
+    second, third = asyncio.create_task(coalesced([2])), asyncio.create_task(coalesced([3]))
+
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(first, second, third, return_exceptions=True), 2)
+
+    assert outcomes[0] == 1
+    assert all(isinstance(o, RuntimeError) and "returned 1 results for 2 calls" in str(o)
+               for o in outcomes[1:])

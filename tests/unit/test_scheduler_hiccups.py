@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
+from redis.exceptions import BusyLoadingError, ReadOnlyError, TryAgainError
 from sqlalchemy.exc import IntegrityError, InternalError, OperationalError
 
 from tidings.scheduling.scheduler import hiccup
@@ -31,6 +32,9 @@ def test_a_connection_left_broken_by_a_restart_is_a_hiccup() -> None:
 @pytest.mark.parametrize("error", [
     OperationalError("SELECT 1", {}, RuntimeError("server closed the connection")),
     ConnectionResetError("reset by peer"),
+    ReadOnlyError("You can't write against a read only replica."),  # a Redis failover
+    BusyLoadingError("Redis is loading the dataset in memory"),
+    TryAgainError("Multiple keys request during rehashing of slot"),
 ])
 def test_a_lost_connection_is_a_hiccup(error: Exception) -> None:
     assert hiccup(error)

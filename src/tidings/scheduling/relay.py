@@ -87,7 +87,7 @@ class Relay:
             for row in rows:
                 topic = await self._topic(row.topic)
                 # Key-less messages also go to a fixed partition, so a retry meets its marker.
-                partition = topic.partition_for(row.key or row.message_id)
+                partition = topic.partition_for(row.message_id if row.key is None else row.key)
                 envelope = Envelope(
                     id=row.message_id, key=row.key, priority=Priority(row.priority),
                     created_ms=row.created_ms, enqueued_ms=enqueued,

@@ -15,6 +15,7 @@ import signal
 import socket
 from datetime import datetime, timedelta
 
+from redis.exceptions import BusyLoadingError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import text
@@ -37,8 +38,11 @@ _UNTIL_DUE = text(
 )
 
 
+# Redis read-only (a replica, mid-failover), loading its data or asking to try again: each
+# passes, as a lost connection does.
 _TRANSIENT = (
     OSError, OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError,
+    ReadOnlyError, BusyLoadingError, TryAgainError,
 )
 
 
