@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipelines.sched_support import app, duplicates, published, store
 from tidings import App
+from tidings.keys import PartitionKeys
 from tidings.scheduling import InvalidSchedule, Relay, Schedule, Scheduler, Schedules, Timing
 from tidings.scheduling.schedule import UnknownSchedule
 from tidings.scheduling.store import replace
@@ -341,3 +342,19 @@ async def test_a_schedule_that_cannot_be_computed_is_paused_without_blocking_oth
     async with engine.connect() as conn:
         state = (await conn.execute(text("SELECT state FROM schedules WHERE name = 'broken'")))
         assert state.scalar_one() == "paused"
+
+
+async def test_an_empty_key_keeps_its_partition_as_a_live_send_does(
+    app: App, engine: AsyncEngine, store: Schedules, redis: Redis, namespace: str
+) -> None:
+    due = datetime.now(UTC) - timedelta(seconds=1)
+    for n in range(6):
+        await store.schedule_once(TOPIC, {"n": n}, due, name=f"empty-{n}", key="")
+    await Scheduler(app, engine).step()
+
+    partitions = int(await redis.hget(f"{namespace}:topics", TOPIC) or 0)
+    expected = app.get_topic(TOPIC).partition_for("")
+    per_partition = {p: sum([await redis.xlen(lane) for lane in
+                             PartitionKeys(namespace, TOPIC, p).lanes])
+                     for p in range(partitions)}
+    assert per_partition[expected] == 6, per_partition
