@@ -131,7 +131,12 @@ def storable(value: Any) -> Any:
     becomes U+FFFD (for what arrives from outside, e.g. a provider's reply: a notification's
     own text is refused at publish instead)."""
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
+        value = value.replace("\x00", "\ufffd")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: undecodable bytes carried in a str
+            value = value.encode("utf-8", "replace").decode("utf-8")
+        return value
     if isinstance(value, dict):
         return {storable(str(k)): storable(v) for k, v in value.items()}
     if isinstance(value, list):

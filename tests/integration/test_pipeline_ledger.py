@@ -779,3 +779,58 @@ async def test_a_provider_reply_holding_a_nul_is_stored_not_refused(
         rows = dict((await conn.execute(
             select(deliveries.c.channel, deliveries.c.last_error))).all())
     assert rows == {"sms": "HTTP 200: <html>\ufffd", "email": None}
+
+
+class RefusedOnceFor(DirectPool):
+    """Passes every statement on, except that the first write holding ``marker`` alone fails
+    as a connection refused would (before it reaches the database)."""
+
+    def __init__(self, real: DirectPool, marker: str) -> None:  # not a pool of its own
+        self._real, self._marker, self.failed = real, marker, False
+
+    async def fetch(self, statement: Any, params: Any) -> list[Any]:
+        return await self._real.fetch(statement, params)
+
+    async def execute(self, statement: Any, params: Any) -> None:
+        rows = str(params.get("deliveries", ""))
+        if not self.failed and self._marker in rows and rows.count('"message_id"') == 1:
+            self.failed = True
+            raise ConnectionRefusedError("the database is restarting")
+        await self._real.execute(statement, params)
+
+
+async def test_a_row_refused_before_a_connection_failure_is_still_reported(
+    engine: AsyncEngine, direct: DirectPool
+) -> None:
+    pool = RefusedOnceFor(direct, "rcpt-c")
+    writer = LedgerWriter(pool, max_batch=500, max_delay_ms=10, retries=0)
+    for message_id in ("m1", "m2"):
+        await writer.record_message(MessageRecord(message_id, "t", {}))
+    await writer.flush()
+    await writer.record_delivery("m1", "email", "rcpt-a", "sent")
+    await writer.record_delivery("m1x-missing", "email", "rcpt-b", "sent")  # refused (no message)
+    await writer.record_delivery("m2", "email", "rcpt-c", "sent")  # its write fails once
+    # The timer's flush: bisected (rows sort by message id), b refused, then c's write fails.
+    await asyncio.sleep(0.3)
+
+    with pytest.raises(LedgerError, match="rejected 1 ledger row") as raised:
+        await writer.flush()
+    await writer.aclose()
+
+    assert pool.failed
+    assert raised.value.retained is False
+    assert sorted(r.recipient for r in await _deliveries(engine)) == ["rcpt-a", "rcpt-c"]
+
+
+async def test_text_with_lone_surrogates_from_a_provider_is_stored_not_dropped(
+    engine: AsyncEngine, direct: DirectPool
+) -> None:
+    writer = LedgerWriter(direct, max_batch=500, max_delay_ms=1000)
+    await writer.record_message(MessageRecord("m1", "t", {}))
+    await writer.record_delivery("m1", "email", "a", "sent", provider_message_id="id-\udcff")
+    await writer.record_delivery("m1", "email", "b", "failed", error="550 mailbox \udc80 bad")
+    await writer.aclose()
+
+    rows = {r.recipient: r for r in await _deliveries(engine)}
+    assert rows["a"].provider_message_id == "id-?"
+    assert rows["b"].last_error == "550 mailbox ? bad"

@@ -376,6 +376,9 @@ class LedgerWriter:
                     await self._write(batch, unit.messages, unit.deliveries, unit.id)
                 except BaseException as exc:
                     self._keep(batch, units[index + 1:])
+                    # Rows refused before this broke are dropped for good: the next caller
+                    # hears of them (the error raised here is about the rows kept).
+                    self._report_rejected(rejected + batch.rejected)
                     if not isinstance(exc, Exception):
                         raise
                     rows = sum(u.rows for u in self._uncertain)
@@ -387,13 +390,11 @@ class LedgerWriter:
             if self._on_flush is not None:
                 self._on_flush(sum(u.rows for u in units), time.perf_counter() - started)
             if rejected:
-                count = len(rejected)
-                more = f" (and {count - 1} more)" if count > 1 else ""
-                raise LedgerError(
-                    f"the database rejected {count} ledger row(s), which are dropped; the "
-                    f"rest of the batch was written: {rejected[0]}{more}",
-                    rows=count, retained=False,
-                )
+                raise _rejected_error(rejected)
+
+    def _report_rejected(self, rejected: list[str]) -> None:
+        if rejected and self._failure is None:
+            self._failure = _rejected_error(rejected)
 
     def _keep(self, batch: _Batch, later: list[_Unit]) -> None:
         """After a failed write: keep, in order, the parts of the unit whose outcome is unknown
@@ -468,3 +469,12 @@ class LedgerWriter:
                     raise
             await asyncio.sleep(self._retry_delay_s * 2**attempt)
             attempt += 1
+
+
+def _rejected_error(rejected: list[str]) -> LedgerError:
+    count = len(rejected)
+    more = f" (and {count - 1} more)" if count > 1 else ""
+    return LedgerError(
+        f"the database rejected {count} ledger row(s), which are dropped; the rest of the"
+        f" batch was written: {rejected[0]}{more}", rows=count, retained=False,
+    )
