@@ -58,8 +58,13 @@ def create_engine(url: str, *, schema: str, pool_size: int, connect_timeout: flo
     # libpq's options, as hosted PostgreSQL URLs carry them: asyncpg's connect() names them
     # otherwise (SQLAlchemy would pass them on as they are, and asyncpg refuse them).
     libpq = {k: v for k, v in parsed.query.items() if k in ("sslmode", "connect_timeout")}
+    try:
+        timeout = float(str(libpq.get("connect_timeout", connect_timeout)))
+    except ValueError:
+        raise ConfigurationError("the database URL's connect_timeout is not a number of"
+                                 " seconds: check TIDINGS_DATABASE_URL") from None
     connect_args: dict[str, Any] = {
-        "timeout": float(str(libpq.get("connect_timeout", connect_timeout))),
+        "timeout": timeout,
         "server_settings": {"search_path": f"{quote_ident(schema)}, public"},
     }
     if "sslmode" in libpq:

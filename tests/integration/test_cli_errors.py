@@ -112,6 +112,8 @@ def test_an_unreachable_database_fails_migrate_with_one_error_line(home: Path) -
 @pytest.mark.parametrize(("url", "error"), [
     ("postgresql://postgres@127.0.0.1:abc/test", "the database URL cannot be read"),
     ("postgresql://postgres@127.0.0.1:5432/test?bogus=1", "has an option PostgreSQL's driver"),
+    ("postgresql://postgres@127.0.0.1:5432/test?connect_timeout=soon",
+     "connect_timeout is not a number of seconds"),
     ("postgresql://postgres@127.0.0.1:1/test?password=s3cret", "password=***"),
 ])
 def test_a_database_url_that_cannot_work_is_one_line_without_its_password(

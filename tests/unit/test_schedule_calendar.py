@@ -224,9 +224,10 @@ def test_an_interval_longer_than_a_hundred_years_is_refused(text: str) -> None:
 
 
 @pytest.mark.parametrize("when", ["1969-07-20T20:17", "9999-12-31T23:00", "0001-01-01T00:00"])
-def test_an_instant_outside_1970_to_9000_is_refused_with_the_span(when: str) -> None:
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Tokyo"])  # both sides of UTC
+def test_an_instant_outside_1970_to_9000_is_refused_with_the_span(when: str, zone: str) -> None:
     with pytest.raises(InvalidSchedule, match="not between 1970-01-01 and 9000-01-01"):
-        Timing.parse("at", when, "America/New_York")
+        Timing.parse("at", when, zone)
     with pytest.raises(InvalidSchedule, match="not between"):
         Timing.parse("cron", "0 9 * * *", "UTC", start=datetime.fromisoformat(when))
 

@@ -41,21 +41,12 @@ from typing import Any
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.app import App
 from tidings.bench.load import SAMPLES, TEMPLATE, Job, Offer, fresh, sample
-from tidings.bench.running import (
-    FAIL,
-    PASS,
-    Step,
-    drop_keys,
-    emit,
-    package_version,
-    run_with_progress,
-)
+from tidings.bench.running import Step, drop_keys, emit, package_version, run_with_progress, verdict
 from tidings.bench.stats import rate
 from tidings.bench.transport import BATCH
 from tidings.connections import connect_redis, open_database, redacted, resolve_redis_url
@@ -374,9 +365,6 @@ async def run_pipeline_bench(
 
 
 def render(report: dict[str, Any], console: Console) -> None:
-    def verdict(ok: bool) -> Text:
-        return PASS if ok else FAIL
-
     table = Table(title="tidings bench pipeline: validate → route → render → noop send → ledger"
                         " (medians)")
     for column in ("measure", "raw redis-py", *TOPOLOGIES, "target", "result"):

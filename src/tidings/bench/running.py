@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-PASS = Text("pass", style="green")  # a target met, in a results table
-FAIL = Text("FAIL", style="bold red")
+_PASS = Text("pass", style="green")
+_FAIL = Text("FAIL", style="bold red")
 
 Step = Callable[[str, int], None]
 Report = dict[str, Any]
@@ -66,3 +66,8 @@ async def drop_keys(client: Redis, namespace: str) -> int:
     for low in range(0, len(doomed), 500):
         await client.delete(*doomed[low:low + 500])
     return len(doomed)
+
+
+def verdict(passed: bool) -> Text:
+    """A target met or not, for a results table."""
+    return _PASS if passed else _FAIL

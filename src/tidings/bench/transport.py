@@ -21,15 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tidings.app import App
-from tidings.bench.running import (
-    FAIL,
-    PASS,
-    Step,
-    drop_keys,
-    emit,
-    package_version,
-    run_with_progress,
-)
+from tidings.bench.running import Step, drop_keys, emit, package_version, run_with_progress, verdict
 from tidings.bench.stats import Comparison, rate
 from tidings.connections import connect_redis, redacted, resolve_redis_url
 from tidings.errors import TidingsError
@@ -295,9 +287,8 @@ def render(report: dict[str, Any], console: Console) -> None:
     for column in ("measure", "raw /s", "tidings /s", "ratio", "target", "result"):
         table.add_column(column, justify="left" if column == "measure" else "right")
     for m in report["measurements"].values():
-        verdict = PASS if m["passed"] else FAIL
         table.add_row(m["label"], f"{m['raw_per_s']:,.0f}", f"{m['tidings_per_s']:,.0f}",
-                      f"{m['ratio']:.2f}", f"≥ {m['target']:.2f}", verdict)
+                      f"{m['ratio']:.2f}", f"≥ {m['target']:.2f}", verdict(m["passed"]))
     table.caption = (
         f"Redis {report['redis_version']} · redis-py {report['redis_py_version']} · Python"
         f" {report['python_version']} · {report['repeats']} runs of each · {report['seconds']}s"

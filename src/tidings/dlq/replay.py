@@ -160,7 +160,8 @@ class Replayer:
                 edits = _edits(owed.edits)
             envelope, payload, target = self._check(row, edits, force or owed is not None)
             if owed is None:
-                audit_id, reset = await self._commit(conn, row, envelope, payload, edits, force)
+                audit_id, reset = await self._commit(conn, row, envelope, payload, target,
+                                                     edits, force)
             else:
                 audit_id, reset = owed.id, 0
         fields = encode(_replayed(envelope, audit_id),
@@ -183,11 +184,10 @@ class Replayer:
         return Replayed(dead_letter_id, audit_id, target, new_entry_id, reset, force)
 
     async def _commit(self, conn: AsyncConnection, row: Any, envelope: Envelope,
-                      payload: bytes | None, edits: Sequence[Edit],
+                      payload: bytes | None, target: str, edits: Sequence[Edit],
                       force: bool) -> tuple[int, int]:
         """Audit the replay, reset the letter's dead legs, mark it replayed: (audit id, legs
         reset)."""
-        target = PartitionKeys(self.namespace, row.topic, row.partition).retry(row.group_name)
         audit_id = int((await conn.execute(
             insert(dead_letter_replays).values(
                 dead_letter_id=row.id, message_id=envelope.id, replayed_by=self.by,

@@ -116,7 +116,7 @@ def aware(value: datetime, zone: ZoneInfo) -> datetime:
     try:
         instant = resolve_local(value, zone) if value.tzinfo is None else value.astimezone(UTC)
     except OverflowError:
-        instant = EARLIEST if value.year < 1970 else LATEST + _TINY
+        instant = EARLIEST - _TINY if value.year < 1970 else LATEST + _TINY
     if not EARLIEST <= instant <= LATEST:
         raise InvalidSchedule(f"{value.isoformat()} is not between {EARLIEST:%Y-%m-%d} and"
                               f" {LATEST:%Y-%m-%d} (UTC): a schedule fires in that span")
