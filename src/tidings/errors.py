@@ -15,6 +15,9 @@
     ├── UnknownTopic                  a topic name nobody declared
     ├── scheduling.schedule.UnknownSchedule   a schedule name that does not exist
     ├── PayloadError                  a payload that is not JSON, fails the schema or is too big
+    ├── PartlyAdded                   some entries of one pipelined append landed, some did not
+    ├── PartlyPublished               some messages of one batch were published, some were not
+    ├── publishing.PublishIncomplete  a file published in part (says which lines to send again)
     ├── pipelines.templates.TemplateError   a template that is missing or fails to render
     │   └── TemplateNotFound
     ├── pipelines.ledger.LedgerError  ledger rows that could not be written (says if retained)
@@ -63,6 +66,39 @@ class UnknownTopic(TidingsError):
 
 class PayloadError(TidingsError):
     """A payload that is not JSON, does not match the topic's schema, or is too large."""
+
+
+class PartlyAdded(TidingsError):
+    """Some entries of one pipelined append landed and some did not (Redis refused them: out
+    of memory, a key of the wrong type, ...). ``ids[i]`` is entry ``i``'s stream id, or None
+    if it was not added; ``errors`` maps those to what Redis said."""
+
+    def __init__(self, ids: list[bytes | None], errors: dict[int, Exception]) -> None:
+        first = errors[min(errors)]
+        super().__init__(f"{len(errors)} of {len(ids)} entries were not added"
+                         f" ({type(first).__name__}: {first})")
+        self.ids = ids
+        self.errors = errors
+
+
+class PartlyPublished(TidingsError):
+    """Some messages of one batch were published and some were not. ``published`` maps the
+    index of each published value to its message id; ``unpublished`` maps the others' indexes
+    to what went wrong: send those again, and only those (the rest would go twice)."""
+
+    def __init__(self, published: dict[int, str], unpublished: dict[int, Exception]) -> None:
+        first = unpublished[min(unpublished)]
+        super().__init__(
+            f"{len(unpublished)} of {len(published) + len(unpublished)} messages were not"
+            f" published ({type(first).__name__}: {first}); the other {len(published)} were:"
+            f" send again only the values not published ({_indexes(sorted(unpublished))})")
+        self.published = published
+        self.unpublished = unpublished
+
+
+def _indexes(indexes: list[int], shown: int = 10) -> str:
+    text = ", ".join(str(i) for i in indexes[:shown])
+    return text + (f" and {len(indexes) - shown} more" if len(indexes) > shown else "")
 
 
 class Signal(TidingsError):

@@ -11,13 +11,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tidings import keys
 from tidings.app import App
-from tidings.errors import ConfigurationError, PayloadError, UnknownTopic
+from tidings.errors import (
+    ConfigurationError,
+    PartlyPublished,
+    PayloadError,
+    TidingsError,
+    UnknownTopic,
+)
 from tidings.loading import load_app
 from tidings.message import Priority
 from tidings.settings import Settings
 from tidings.topic import Topic
 
 CHUNK = 500
+
+
+class PublishIncomplete(TidingsError):
+    """A file was published in part: the message says which lines to publish again."""
 
 
 def _parse(text: str, where: str) -> Any:
@@ -99,21 +109,46 @@ async def publish_command(
             msg_id = await topic.send(records[0][1], key=key_of(records[0][1]), priority=lane)
             out.print(msg_id)
             return
-        await _publish_all(topic, [v for _, v in records], key_of, lane, out)
+        await _publish_all(topic, records, key_of, lane, out)
     finally:
         await app.stop()
 
 
 async def _publish_all(
-    topic: Topic[Any], values: list[Any], key_of: Any, lane: Priority, out: Console
+    topic: Topic[Any], records: list[tuple[int, Any]], key_of: Any, lane: Priority,
+    out: Console,
 ) -> None:
     columns = (
         TextColumn("publishing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
     )
+    done = 0
     with Progress(*columns, console=out, transient=False) as progress:
-        task = progress.add_task("publish", total=len(values))
-        for start in range(0, len(values), CHUNK):
-            chunk = values[start : start + CHUNK]
-            await topic.send_many(chunk, key=key_of, priority=lane)
+        task = progress.add_task("publish", total=len(records))
+        for start in range(0, len(records), CHUNK):
+            chunk = records[start : start + CHUNK]
+            try:
+                await topic.send_many([v for _, v in chunk], key=key_of, priority=lane)
+            except PartlyPublished as exc:
+                lines = _lines([chunk[i][0] for i in sorted(exc.unpublished)])
+                if start + len(chunk) < len(records):
+                    lines += f" and every line after {chunk[-1][0]}"
+                first = exc.unpublished[min(exc.unpublished)]
+                raise PublishIncomplete(
+                    f"published {done + len(exc.published)} of {len(records)} messages; line(s)"
+                    f" {lines} were not ({type(first).__name__}: {first}): publish those"
+                    " again, not the whole file") from None
+            except Exception as exc:
+                if not done:
+                    raise
+                raise PublishIncomplete(
+                    f"published {done} of {len(records)} messages, up to line"
+                    f" {records[start - 1][0]}; the rest were not ({type(exc).__name__}:"
+                    f" {exc}): publish from line {chunk[0][0]} on again") from None
+            done += len(chunk)
             progress.advance(task, len(chunk))
-    out.print(f"published {len(values)} messages to {topic.name}")
+    out.print(f"published {len(records)} messages to {topic.name}")
+
+
+def _lines(lines: list[int], shown: int = 10) -> str:
+    text = ", ".join(str(n) for n in lines[:shown])
+    return text + (f" (and {len(lines) - shown} more)" if len(lines) > shown else "")

@@ -13,6 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from tidings.errors import PartlyAdded
 from tidings.transport import Claimed, Entry, GroupState
 
 _RENEW = """
@@ -150,7 +151,15 @@ class RedisTransport:
         pipe = self.client.pipeline(transaction=False)
         for stream, fields in entries:
             pipe.xadd(stream, fields)  # type: ignore[arg-type]
-        return list(await pipe.execute())
+        # Every command runs whatever its neighbours' fate: the caller must learn which landed.
+        replies = await pipe.execute(raise_on_error=False)
+        errors = {i: r for i, r in enumerate(replies) if isinstance(r, Exception)}
+        if len(errors) == len(replies):  # none landed: a plain failure
+            raise errors[0]
+        if errors:
+            raise PartlyAdded([None if i in errors else r for i, r in enumerate(replies)],
+                              errors)
+        return list(replies)
 
     async def add_once(
         self, entries: Sequence[tuple[str, str, dict[bytes, bytes]]], ttl_ms: int

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from tidings.errors import PayloadError
+from tidings.errors import PartlyAdded, PartlyPublished, PayloadError
 from tidings.keys import PartitionKeys
 from tidings.message import (
     HEADER_FIELD,
@@ -180,26 +180,37 @@ class Topic(Generic[T]):
         values: Iterable[Any],
         *,
         key: Callable[[Any], str | None] | None = None,
-        priority: Priority | str = Priority.NORMAL,
+        priority: Priority | str | Callable[[Any], Priority | str] = Priority.NORMAL,
         headers: dict[str, str] | None = None,
     ) -> list[str]:
         """Validate every value first, then publish them all in one pipelined round trip.
 
-        Nothing is published if any value is invalid. ``key`` derives each message's key.
+        Nothing is published if any value is invalid. ``key`` derives each message's key;
+        ``priority`` is every message's lane, or derives each one's.
+        If Redis refuses some of them, the others are published all the same:
+        :class:`~tidings.errors.PartlyPublished` says which, to send again only the rest.
         """
         now = now_ms()
-        lane = Priority(priority)
+        lane = None if callable(priority) else Priority(priority)
         values = list(values)
         ids = new_ids(len(values), now)
         entries: list[tuple[str, dict[bytes, bytes]]] = []
         for index, value in enumerate(values):
             try:
                 entries.append(self._entry(
-                    value, key(value) if key else None, lane, headers, None, now, ids[index]
+                    value, key(value) if key else None,
+                    Priority(priority(value)) if lane is None else lane,  # type: ignore[operator]
+                    headers, None, now, ids[index],
                 ))
             except PayloadError as exc:
                 raise PayloadError(f"message {index}: {exc}") from None
         if entries:
-            await self.app.transport.add(entries)
+            try:
+                await self.app.transport.add(entries)
+            except PartlyAdded as exc:
+                self.published += len(entries) - len(exc.errors)
+                raise PartlyPublished(
+                    {i: ids[i] for i, ident in enumerate(exc.ids) if ident is not None},
+                    exc.errors) from None
             self.published += len(entries)
         return ids

@@ -46,7 +46,9 @@ class Transport(Protocol):
     """Stream operations tidings needs; implemented by RedisTransport and MemoryTransport."""
 
     async def add(self, entries: Sequence[tuple[str, dict[bytes, bytes]]]) -> list[bytes]:
-        """Append entries (stream, fields) in order, in one round trip; return their ids."""
+        """Append entries (stream, fields) in order, in one round trip; return their ids.
+
+        If Redis refuses some of them, the others still land: PartlyAdded says which."""
         ...
 
     async def add_once(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -267,6 +268,26 @@ def test_a_good_file_publishes_every_line(
     assert result.returncode == 0, result.stderr
     assert f"published 25 messages to {TOPIC}" in result.stdout
     assert published(store, namespace) == 25
+
+
+def test_a_file_published_in_part_names_the_lines_to_publish_again(
+    home: Path, redis_url: str, namespace: str, store: Redis, tmp_path: Path
+) -> None:
+    """Redis refuses the lines keyed to one partition (its stream is a key of another type);
+    the others are published: the error says which lines were not, to send only those."""
+    broken = zlib.crc32(b"3") % 4
+    store.set(PartitionKeys(namespace, TOPIC, broken).lanes[1], "not a stream")
+    file = jsonl(tmp_path / "jobs.jsonl", *(f'{{"n": {n}}}' for n in range(1, 26)))
+    refused = [n for n in range(1, 26) if zlib.crc32(str(n).encode()) % 4 == broken]
+
+    result = tidings("publish", TOPIC, "--file", str(file), "--app", APP, "--key-field", "n",
+                     home=home, redis_url=redis_url, namespace=namespace, partitions="4")
+
+    line = error_line(result)
+    assert f"published {25 - len(refused)} of 25 messages; line(s)" in line
+    assert f" {', '.join(map(str, refused[:10]))}" in line
+    assert "WRONGTYPE" in line
+    assert "publish those again, not the whole file" in line
 
 
 # -- known defects, kept visible --------------------------------------------------------------

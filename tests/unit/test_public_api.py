@@ -6,7 +6,8 @@ import tidings
 def test_public_names_are_exactly_these() -> None:
     assert sorted(tidings.__all__) == [
         "Agent", "App", "AppLoadError", "Batch", "ConfigurationError", "ConnectionFailed",
-        "EmbeddedServerError", "Envelope", "Message", "MigrationsPending", "PayloadError",
+        "EmbeddedServerError", "Envelope", "Message", "MigrationsPending", "PartlyPublished",
+        "PayloadError",
         "Priority", "Reject", "Retry", "Settings", "Signal", "TidingsError", "Topic",
         "UnknownTopic", "Worker", "__version__",
     ]

@@ -283,16 +283,11 @@ class NotificationPipeline:
         return await self.intake.send(n, key=n.recipient.user_id, priority=n.lane)
 
     async def publish_many(self, notifications: Sequence[Notification]) -> list[str]:
-        """Publish a batch in one round trip per priority lane."""
-        ids: list[str] = []
-        by_lane: dict[str, list[Notification]] = {}
-        for n in notifications:
-            by_lane.setdefault(n.lane.value, []).append(n)
-        for lane, batch in by_lane.items():
-            ids += await self.intake.send_many(
-                batch, key=lambda n: n.recipient.user_id, priority=lane
-            )
-        return ids
+        """Validate all, then publish them in one round trip, each in its priority's lane.
+        Nothing is published if one does not fit; if Redis refuses some, the others are
+        published all the same and :class:`~tidings.errors.PartlyPublished` says which."""
+        return await self.intake.send_many(
+            notifications, key=lambda n: n.recipient.user_id, priority=lambda n: n.lane)
 
     # -- intake steps ---------------------------------------------------------------------
 
