@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tidings.notification import Channel, Content, Notification
+from tidings.pipelines import templates
 from tidings.pipelines.templates import (
     Renderer,
     Template,
@@ -159,8 +160,29 @@ def test_the_sandbox_refuses_to_build_something_huge_and_says_what(body: str, er
 
 def test_a_part_that_renders_over_a_mebibyte_is_an_error() -> None:
     body = "{% for i in range(10000) %}{{ name }}{% endfor %}"
-    with pytest.raises(TemplateError, match="rendered 1,100,000 characters"):
+    with pytest.raises(TemplateError, match="body: SecurityError: rendered over 1,048,576"):
         _render(_template(body=body), name="x" * 110)
+
+
+def test_nested_loops_over_the_data_are_stopped_before_they_build_it_all() -> None:
+    """3 000 x 3 000 pieces of 10 characters: 90 MB and seconds, had it been built first."""
+    body = "{% for a in items %}{% for b in items %}{{ name }}{% endfor %}{% endfor %}"
+    started = time.monotonic()
+    with pytest.raises(TemplateError, match="rendered over 1,048,576 characters"):
+        _render(_template(body=body), items=list(range(3000)), name="x" * 10)
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_part_slow_to_render_is_stopped_at_the_time_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(templates, "MAX_RENDER_S", 0.2)
+    body = ("{% for a in items %}{% for b in items %}{% if a == b %}.{% endif %}{% endfor %}"
+            "{% endfor %}")
+    started = time.monotonic()
+    with pytest.raises(TemplateError, match=r"body: SecurityError: took over 0.2 s to render"):
+        _render(_template(body=body), items=list(range(5000)))
+    assert time.monotonic() - started < 2.0
 
 
 def test_an_exception_inside_rendering_becomes_a_template_error() -> None:

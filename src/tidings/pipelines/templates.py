@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, cast, get_args
@@ -78,16 +78,20 @@ def _html_only(name: str | None) -> bool:
     return name is not None and name.endswith(":html")
 
 
-# What one template may build: a rendered part, a repeated string or list, a range.
+# What one template may build: a rendered part, a repeated string or list, a range; and how
+# long one part may take to render (checked as its output grows).
 MAX_RENDERED = 1 << 20
 MAX_RANGE = 10_000
+MAX_RENDER_S = 1.0
+_CLOCK_EVERY = 256  # pieces of output between looks at the clock
 
 
 class _Sandbox(SandboxedEnvironment):
     """Jinja's sandbox, with ``*`` and ``**`` checked when they run (Jinja would otherwise
     work out ``'x' * 400000000`` while compiling: seconds and gigabytes) and a smaller range.
-    A template can still loop for long over data it is given, or in nested loops: templates
-    are code, to be stored by people trusted to write them."""
+    A part's output is bounded as it is produced (see :func:`_joined`). A loop that outputs
+    nothing can still run long over data it is given, or nested: templates are code, to be
+    stored by people trusted to write them."""
 
     intercepted_binops = frozenset({"*", "**"})
 
@@ -101,6 +105,22 @@ class _Sandbox(SandboxedEnvironment):
         elif isinstance(right, int | float) and abs(right) > 1_000:
             raise SecurityError(f"an exponent of {right} is over the 1 000 a template may use")
         return super().call_binop(context, operator, left, right)
+
+
+def _joined(pieces: Iterator[str]) -> str:
+    """A part's output pieces joined, refused as soon as it grows past MAX_RENDERED or takes
+    longer than MAX_RENDER_S: a loop must not build gigabytes before it is judged."""
+    out: list[str] = []
+    size = 0
+    deadline = time.monotonic() + MAX_RENDER_S
+    for count, piece in enumerate(pieces, 1):
+        size += len(piece)
+        if size > MAX_RENDERED:
+            raise SecurityError(f"rendered over {MAX_RENDERED:,} characters")
+        if count % _CLOCK_EVERY == 0 and time.monotonic() > deadline:
+            raise SecurityError(f"took over {MAX_RENDER_S:g} s to render")
+        out.append(piece)
+    return "".join(out)
 
 
 def _range(*bounds: int) -> range:
@@ -135,8 +155,7 @@ class Compiled:
         parent = {**self.parts[0][1].globals, **context} if self.parts else {}
         for part, jinja in self.parts:
             try:
-                env = jinja.environment
-                rendered[part] = env.concat(
+                rendered[part] = _joined(
                     jinja.root_render_func(jinja.new_context(parent, shared=True)))
             except MemoryError:  # the process's trouble, not this template's alone
                 raise
@@ -145,9 +164,6 @@ class Compiled:
             except Exception as exc:
                 raise TemplateError(t.name, t.channel, t.locale,
                                     f"{part}: {type(exc).__name__}: {exc}") from None
-            if len(rendered[part]) > MAX_RENDERED:
-                raise TemplateError(t.name, t.channel, t.locale, f"{part}: rendered"
-                                    f" {len(rendered[part]):,} characters, over {MAX_RENDERED:,}")
         try:
             return Content(**rendered)
         except ValidationError:
