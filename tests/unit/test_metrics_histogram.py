@@ -85,6 +85,18 @@ def test_tenants_past_the_cap_are_counted_as_other() -> None:
     assert tenants == {"a": 2, "b": 1, OTHER: 2}
 
 
+def test_a_tenant_named_other_is_not_mixed_with_the_overflow() -> None:
+    metrics = PipelineMetrics(max_tenants=1)
+    for tenant in ("other", "b", "c"):
+        metrics.delivery("email", "smtp", tenant, "sent")
+
+    registry = registry_of(metrics)
+    assert registry.get_sample_value("tidings_deliveries_total", {
+        "channel": "email", "provider": "smtp", "tenant": "other", "outcome": "sent"}) == 1
+    assert registry.get_sample_value("tidings_deliveries_total", {
+        "channel": "email", "provider": "smtp", "tenant": OTHER, "outcome": "sent"}) == 2
+
+
 def test_latencies_are_exported_as_histograms_in_seconds() -> None:
     metrics = PipelineMetrics()
     metrics.accepted("sms", "twilio", 0.2)

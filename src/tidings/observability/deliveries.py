@@ -21,9 +21,10 @@ from tidings.observability.histogram import (
 
 OUTCOMES = ("sent", "failed", "retried", "dead", "filtered", "delayed")
 # Tenants are user-supplied strings: past this many distinct ones a process counts the rest as
-# OTHER, so a flood of tenants cannot blow up the number of time series.
+# OTHER, so a flood of tenants cannot blow up the number of time series. A tenant is a key,
+# which has no spaces: no tenant's own label can be taken for OTHER.
 MAX_TENANTS = 100
-OTHER = "other"
+OTHER = "(other tenants)"
 NO_PROVIDER = "none"
 """The provider label of a delivery no provider was involved in (filtered, delayed, ...)."""
 
