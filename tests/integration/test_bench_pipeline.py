@@ -46,6 +46,9 @@ async def test_report_has_rates_latencies_and_their_runs(settings: Settings) -> 
     for figures in report["topologies"].values():
         assert figures["notifications_per_s"] > 0
         assert 0 < figures["latency_p50_ms"] <= figures["latency_p99_ms"]
+        # A notification costs the worker some CPU, and far less than a second of it.
+        assert 0 < figures["drain_cpu_us"] < 1_000_000
+        assert 0 < figures["steady_cpu_us"] < 1_000_000
     assert report["topology"] == "inline"
     assert report["notifications_per_s"] == report["topologies"]["inline"]["notifications_per_s"]
     assert report["counts"] == {"drain": 200, "steady": 200, "warmup": 100}

@@ -17,6 +17,10 @@ Two measures for each, each run several times (medians reported):
   database connections and load its templates), then for a few seconds — end-to-end latency
   from the envelope's creation to the provider's acceptance, p50 / p99.
 
+For both, the benchmark process's CPU time per notification while the pipeline ran (µs): the
+worker's cost, which sets the drain's ceiling and, at a steady rate, how busy the one core is.
+Smaller batches cost more per notification: at 5 000/s over four partitions a read finds ~8.
+
 The headline figures are the faster topology's (inline); both are in the report. So is the
 database's own pace in the same run (one-row INSERT + COMMIT latency, rows/s for 500-row INSERTs
 of JSON rows, as the ledger writes them): the pipeline is bound by PostgreSQL as much as by
@@ -69,7 +73,8 @@ GROUP = "bench.raw"
 PREFILL_BATCH = 500
 TOPOLOGIES: dict[str, frozenset[Channel]] = {"hop": frozenset(), "inline": frozenset(CHANNELS)}
 HEADLINE = "inline"
-MEASURES = ("notifications_per_s", "achieved_per_s", "latency_p50_ms", "latency_p99_ms")
+MEASURES = ("notifications_per_s", "achieved_per_s", "latency_p50_ms", "latency_p99_ms",
+            "drain_cpu_us", "steady_cpu_us")
 
 @dataclass(frozen=True)
 class Counts:
@@ -143,29 +148,34 @@ class PipelineBench:
 
     # -- the pipeline ---------------------------------------------------------------------
 
-    async def tidings_drain(self, topology: str, n: int) -> float:
+    async def tidings_drain(self, topology: str, n: int) -> tuple[float, float]:
         """Prefill ``n`` notifications, then run the pipeline until all are sent and in the
         ledger; timed from the first leg sent, since the consumers start working while the
         rest of the app is still starting (timed from the end of the start, the 2026-11-28
-        figures counted a fifth of the drain that had happened before the clock ran)."""
+        figures counted a fifth of the drain that had happened before the clock ran).
+        Also this process's CPU time per notification while the pipeline ran, in µs."""
         pipeline = self.pipelines[topology]
         await self.publish(fresh(self.values, 0, n))
         tally = pipeline.tally = Tally()
+        cpu = time.process_time()
         async with self._running(pipeline):
             await self._until_sent(tally, n, 60 + n / 500)
             await pipeline.services.ledger.flush()
             end = time.perf_counter()
+        cpu = time.process_time() - cpu
         if tally.first_sent is None:
             raise TidingsError("the drain sent nothing")
-        return rate(n, end - tally.first_sent)
+        return rate(n, end - tally.first_sent), cpu * 1e6 / n
 
-    async def steady(self, topology: str, load: Offer) -> tuple[float, float, float]:
+    async def steady(self, topology: str, load: Offer) -> tuple[float, float, float, float]:
         """Offer ``load`` from a process of its own; (achieved rate, p50 ms, p99 ms) of the
-        notifications published after its warm-up."""
+        notifications published after its warm-up, and this process's CPU time per
+        notification over the whole run, in µs (the publisher's is its own process's)."""
         pipeline = self.pipelines[topology]
         tally = pipeline.tally = Tally()
         job = Job(settings=self.config.model_dump(mode="json"), per_s=load.per_s,
                   warmup_s=load.warmup_s, seconds=load.seconds)
+        cpu = time.process_time()
         async with self._running(pipeline):
             # The job goes on its standard input: its URLs may hold passwords, which a
             # command line would show to anyone running ps.
@@ -188,8 +198,10 @@ class PipelineBench:
             total = load.warmup + load.measured
             await self._until_sent(tally, total, 60 + total / 500)
             await pipeline.services.ledger.flush()
+        cpu = time.process_time() - cpu
         latencies: list[float] = list(tally.latencies_ms(measured_from_ms))
-        return achieved, _percentile(latencies, 0.5), _percentile(latencies, 0.99)
+        return (achieved, _percentile(latencies, 0.5), _percentile(latencies, 0.99),
+                cpu * 1e6 / total)
 
     @contextlib.asynccontextmanager
     async def _running(self, pipeline: NotificationPipeline) -> AsyncIterator[None]:
@@ -294,7 +306,7 @@ async def run_pipeline_bench(
                 for index, (name, topology) in enumerate(by_topology.items()):
                     progress = len(TOPOLOGIES) * 2 * repeat + 2 * index
                     step(f"{name}: drain, run {repeat + 1}/{counts.repeats}", progress)
-                    sides: list[tuple[str, Callable[[int], Awaitable[float]]]] = [
+                    sides: list[tuple[str, Callable[[int], Awaitable[Any]]]] = [
                         ("raw", bench.raw_drain),
                         (name, functools.partial(bench.tidings_drain, name)),
                     ]
@@ -303,13 +315,15 @@ async def run_pipeline_bench(
                         if side == "raw":
                             runs["raw_per_s"].append(figure)
                         else:
-                            topology["notifications_per_s"].append(figure)
+                            topology["notifications_per_s"].append(figure[0])
+                            topology["drain_cpu_us"].append(figure[1])
                     step(f"{name}: steady {counts.rate:,}/s, run {repeat + 1}/{counts.repeats}",
                          progress + 1)
-                    achieved, p50, p99 = await bench.steady(name, load)
+                    achieved, p50, p99, cpu_us = await bench.steady(name, load)
                     topology["achieved_per_s"].append(achieved)
                     topology["latency_p50_ms"].append(p50)
                     topology["latency_p99_ms"].append(p99)
+                    topology["steady_cpu_us"].append(cpu_us)
             step("done", _steps(counts))
             server = await raw.info("server")
         finally:
@@ -384,6 +398,9 @@ def render(report: dict[str, Any], console: Console) -> None:
     table.add_row(f"p99 at {report['offered_per_s']:,}/s offered, ms", "",
                   *row("latency_p99_ms", "{:.1f}"), f"≤ {TARGET_P99_MS:.0f}",
                   verdict(report["passed"]["latency"]))
+    table.add_row("CPU µs / notification, drain", "", *row("drain_cpu_us", "{:.0f}"), "", "")
+    table.add_row(f"CPU µs / notification at {report['offered_per_s']:,}/s", "",
+                  *row("steady_cpu_us", "{:.0f}"), "", "")
     table.caption = (
         f"result: the {report['topology']} topology · ratio {report['topology']} / raw"
         f" {report['ratio']:.3f} · Redis {report['redis_version']} · Python"
