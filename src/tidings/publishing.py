@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError, ResponseError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -106,7 +107,11 @@ async def publish_command(
                 raise PayloadError(f"{where}: {exc}; nothing was published") from None
 
         if payload is not None:
-            msg_id = await topic.send(records[0][1], key=key_of(records[0][1]), priority=lane)
+            try:
+                msg_id = await topic.send(records[0][1], key=key_of(records[0][1]),
+                                          priority=lane)
+            except (RedisError, OSError) as exc:
+                raise PublishIncomplete(_failed("the payload", exc)) from None
             out.print(msg_id)
             return
         await _publish_all(topic, records, key_of, lane, out)
@@ -126,29 +131,36 @@ async def _publish_all(
         task = progress.add_task("publish", total=len(records))
         for start in range(0, len(records), CHUNK):
             chunk = records[start : start + CHUNK]
+            after = (f"; the lines after {chunk[-1][0]} were not sent"
+                     if start + len(chunk) < len(records) else "")
             try:
                 await topic.send_many([v for _, v in chunk], key=key_of, priority=lane)
             except PartlyPublished as exc:
-                lines = _lines([chunk[i][0] for i in sorted(exc.unpublished)])
-                if start + len(chunk) < len(records):
-                    lines += f" and every line after {chunk[-1][0]}"
                 first = exc.unpublished[min(exc.unpublished)]
                 raise PublishIncomplete(
-                    f"published {done + len(exc.published)} of {len(records)} messages; line(s)"
-                    f" {lines} were not ({type(first).__name__}: {first}): publish those"
-                    " again, not the whole file") from None
-            except Exception as exc:
-                if not done:
-                    raise
-                raise PublishIncomplete(
-                    f"published {done} of {len(records)} messages, up to line"
-                    f" {records[start - 1][0]}; the rest were not ({type(exc).__name__}:"
-                    f" {exc}): publish from line {chunk[0][0]} on again") from None
+                    f"published {done + len(exc.published)} of {len(records)} messages; Redis"
+                    f" refused line(s) {_lines([chunk[i][0] for i in sorted(exc.unpublished)])}"
+                    f" ({type(first).__name__}: {first}){after}: publish those again, not the"
+                    " whole file") from None
+            except (RedisError, OSError) as exc:
+                so_far = f"published {done} of {len(records)} messages; " if done else ""
+                what = f"lines {chunk[0][0]}-{chunk[-1][0]}"
+                raise PublishIncomplete(so_far + _failed(what, exc) + after) from None
             done += len(chunk)
             progress.advance(task, len(chunk))
     out.print(f"published {len(records)} messages to {topic.name}")
 
 
+def _failed(what: str, exc: Exception) -> str:
+    """Why ``what`` went wrong: refused by Redis (not published), or the connection failed
+    (sent, perhaps taken: whoever publishes again must check first)."""
+    reason = f"({type(exc).__name__}: {exc})"
+    if isinstance(exc, ResponseError):
+        return f"Redis refused {what}, not published {reason}"
+    return (f"{what} may or may not have been published {reason}: the connection failed, so"
+            " whether Redis took them is unknown; check before publishing them again")
+
+
 def _lines(lines: list[int], shown: int = 10) -> str:
     text = ", ".join(str(n) for n in lines[:shown])
-    return text + (f" (and {len(lines) - shown} more)" if len(lines) > shown else "")
+    return text + f" (and {len(lines) - shown} more)" if len(lines) > shown else text

@@ -188,7 +188,9 @@ class Topic(Generic[T]):
         Nothing is published if any value is invalid. ``key`` derives each message's key;
         ``priority`` is every message's lane, or derives each one's.
         If Redis refuses some of them, the others are published all the same:
-        :class:`~tidings.errors.PartlyPublished` says which, to send again only the rest.
+        :class:`~tidings.errors.PartlyPublished` says which, to send again only the rest. If
+        it refuses them all, its error is raised as it is: nothing was published. A connection
+        error leaves it unknown which landed.
         """
         now = now_ms()
         lane = None if callable(priority) else Priority(priority)
@@ -199,7 +201,7 @@ class Topic(Generic[T]):
             try:
                 entries.append(self._entry(
                     value, key(value) if key else None,
-                    Priority(priority(value)) if lane is None else lane,  # type: ignore[operator]
+                    _lane(priority(value)) if lane is None else lane,  # type: ignore[operator]
                     headers, None, now, ids[index],
                 ))
             except PayloadError as exc:
@@ -214,3 +216,10 @@ class Topic(Generic[T]):
                     exc.errors) from None
             self.published += len(entries)
         return ids
+
+
+def _lane(priority: Priority | str) -> Priority:
+    try:
+        return Priority(priority)
+    except ValueError:
+        raise PayloadError(f"priority {priority!r} is not one of high, normal, low") from None

@@ -284,10 +284,31 @@ def test_a_file_published_in_part_names_the_lines_to_publish_again(
                      home=home, redis_url=redis_url, namespace=namespace, partitions="4")
 
     line = error_line(result)
-    assert f"published {25 - len(refused)} of 25 messages; line(s)" in line
+    assert f"published {25 - len(refused)} of 25 messages; Redis refused line(s)" in line
     assert f" {', '.join(map(str, refused[:10]))}" in line
     assert "WRONGTYPE" in line
     assert "publish those again, not the whole file" in line
+
+
+def test_a_payload_redis_refuses_is_one_line_saying_it_was_not_published(
+    home: Path, redis_url: str, namespace: str, store: Redis
+) -> None:
+    store.set(PartitionKeys(namespace, TOPIC, 0).lanes[1], "not a stream")
+    result = tidings("publish", TOPIC, '{"n": 1}', "--app", APP, home=home,
+                     redis_url=redis_url, namespace=namespace, partitions="1")
+    line = error_line(result)
+    assert "Redis refused the payload, not published (ResponseError: WRONGTYPE" in line
+
+
+def test_a_file_redis_refuses_whole_is_one_line(
+    home: Path, redis_url: str, namespace: str, store: Redis, tmp_path: Path
+) -> None:
+    store.set(PartitionKeys(namespace, TOPIC, 0).lanes[1], "not a stream")
+    file = jsonl(tmp_path / "jobs.jsonl", *(f'{{"n": {n}}}' for n in range(1, 4)))
+    result = tidings("publish", TOPIC, "--file", str(file), "--app", APP, home=home,
+                     redis_url=redis_url, namespace=namespace, partitions="1")
+    assert "Redis refused lines 1-3, not published (ResponseError: WRONGTYPE" in (
+        error_line(result))
 
 
 # -- known defects, kept visible --------------------------------------------------------------

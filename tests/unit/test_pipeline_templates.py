@@ -173,6 +173,16 @@ def test_nested_loops_over_the_data_are_stopped_before_they_build_it_all() -> No
     assert time.monotonic() - started < 0.5
 
 
+@pytest.mark.parametrize("body", [
+    "{% set all %}{% for a in items %}{{ name }}{% endfor %}{% endset %}{{ all|length }}",
+    "{% macro all() %}{% for a in items %}{{ name }}{% endfor %}{% endmacro %}"
+    "{{ all()|length }}",
+], ids=["set block", "macro"])
+def test_what_a_block_or_a_macro_builds_is_held_to_the_same_bound(body: str) -> None:
+    with pytest.raises(TemplateError, match="rendered over 1,048,576 characters"):
+        _render(_template(body=body), items=list(range(200_000)), name="x" * 10)
+
+
 def test_a_part_slow_to_render_is_stopped_at_the_time_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 from typing import Any, Protocol, cast, get_args
 
 from jinja2 import StrictUndefined
@@ -83,17 +84,46 @@ def _html_only(name: str | None) -> bool:
 MAX_RENDERED = 1 << 20
 MAX_RANGE = 10_000
 MAX_RENDER_S = 1.0
-_CLOCK_EVERY = 256  # pieces of output between looks at the clock
+_CLOCK_EVERY = 256  # pieces of output between looks at the size and the clock
+
+
+def _joined(pieces: Iterable[str]) -> str:
+    """Output pieces joined, refused as soon as they grow past MAX_RENDERED or take longer
+    than MAX_RENDER_S: a loop must not build gigabytes before it is judged. Taken in slices,
+    to cost little more than the plain join it replaces."""
+    deadline = time.monotonic() + MAX_RENDER_S
+    pieces = iter(pieces)
+    out = list(islice(pieces, _CLOCK_EVERY))
+    if len(out) < _CLOCK_EVERY:  # all of it, as for most parts: one look at its size
+        text = "".join(out)
+        if len(text) > MAX_RENDERED:
+            raise SecurityError(f"rendered over {MAX_RENDERED:,} characters")
+        return text
+    size = 0
+    chunk = out[:]
+    while chunk:
+        size += sum(map(len, chunk))
+        if size > MAX_RENDERED:
+            raise SecurityError(f"rendered over {MAX_RENDERED:,} characters")
+        if time.monotonic() > deadline:
+            raise SecurityError(f"took over {MAX_RENDER_S:g} s to render")
+        chunk = list(islice(pieces, _CLOCK_EVERY))
+        out += chunk
+    return "".join(out)
 
 
 class _Sandbox(SandboxedEnvironment):
     """Jinja's sandbox, with ``*`` and ``**`` checked when they run (Jinja would otherwise
     work out ``'x' * 400000000`` while compiling: seconds and gigabytes) and a smaller range.
-    A part's output is bounded as it is produced (see :func:`_joined`). A loop that outputs
-    nothing can still run long over data it is given, or nested: templates are code, to be
-    stored by people trusted to write them."""
+    A part's output is bounded as it is produced, a block's or a macro's once it is collected
+    (see :func:`_joined`). A filter or a ``%`` format can still build one large string at
+    once, and a loop that outputs nothing can run long over data it is given: templates are
+    code, to be stored by people trusted to write them."""
 
     intercepted_binops = frozenset({"*", "**"})
+    # What a {% set %} block, a macro or a {% filter %} block outputs is joined here (their
+    # pieces are first collected in a list): judged by the same bounds as a part.
+    concat = staticmethod(_joined)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
@@ -105,22 +135,6 @@ class _Sandbox(SandboxedEnvironment):
         elif isinstance(right, int | float) and abs(right) > 1_000:
             raise SecurityError(f"an exponent of {right} is over the 1 000 a template may use")
         return super().call_binop(context, operator, left, right)
-
-
-def _joined(pieces: Iterator[str]) -> str:
-    """A part's output pieces joined, refused as soon as it grows past MAX_RENDERED or takes
-    longer than MAX_RENDER_S: a loop must not build gigabytes before it is judged."""
-    out: list[str] = []
-    size = 0
-    deadline = time.monotonic() + MAX_RENDER_S
-    for count, piece in enumerate(pieces, 1):
-        size += len(piece)
-        if size > MAX_RENDERED:
-            raise SecurityError(f"rendered over {MAX_RENDERED:,} characters")
-        if count % _CLOCK_EVERY == 0 and time.monotonic() > deadline:
-            raise SecurityError(f"took over {MAX_RENDER_S:g} s to render")
-        out.append(piece)
-    return "".join(out)
 
 
 def _range(*bounds: int) -> range:
