@@ -17,7 +17,7 @@
     ├── PayloadError                  a payload that is not JSON, fails the schema or is too big
     ├── PartlyAdded                   some entries of one pipelined append landed, some did not
     ├── PartlyPublished               some messages of one batch were published, some were not
-    ├── publishing.PublishIncomplete  a file published in part (says which lines to send again)
+    ├── publishing.PublishIncomplete  `tidings publish` refused or cut off: says what to send again
     ├── pipelines.templates.TemplateError   a template that is missing or fails to render
     │   └── TemplateNotFound
     ├── pipelines.ledger.LedgerError  ledger rows that could not be written (says if retained)
@@ -91,14 +91,15 @@ class PartlyPublished(TidingsError):
         super().__init__(
             f"{len(unpublished)} of {len(published) + len(unpublished)} messages were not"
             f" published ({type(first).__name__}: {first}); the other {len(published)} were:"
-            f" send again only the values not published ({_indexes(sorted(unpublished))})")
+            f" send again only the values not published ({shortlist(sorted(unpublished))})")
         self.published = published
         self.unpublished = unpublished
 
 
-def _indexes(indexes: list[int], shown: int = 10) -> str:
-    text = ", ".join(str(i) for i in indexes[:shown])
-    return text + (f" and {len(indexes) - shown} more" if len(indexes) > shown else "")
+def shortlist(numbers: list[int], shown: int = 10) -> str:
+    """Numbers for an error message: the first ``shown``, then how many more."""
+    text = ", ".join(str(n) for n in numbers[:shown])
+    return text + (f" and {len(numbers) - shown} more" if len(numbers) > shown else "")
 
 
 class Signal(TidingsError):

@@ -18,6 +18,7 @@ from tidings.errors import (
     PayloadError,
     TidingsError,
     UnknownTopic,
+    shortlist,
 )
 from tidings.loading import load_app
 from tidings.message import Priority
@@ -28,7 +29,8 @@ CHUNK = 500
 
 
 class PublishIncomplete(TidingsError):
-    """A file was published in part: the message says which lines to publish again."""
+    """Redis refused a payload or lines of a file, or the connection failed while they were
+    sent: the message says which were published, which not, which may have been."""
 
 
 def _parse(text: str, where: str) -> Any:
@@ -139,7 +141,7 @@ async def _publish_all(
                 first = exc.unpublished[min(exc.unpublished)]
                 raise PublishIncomplete(
                     f"published {done + len(exc.published)} of {len(records)} messages; Redis"
-                    f" refused line(s) {_lines([chunk[i][0] for i in sorted(exc.unpublished)])}"
+                    f" refused line(s) {shortlist([chunk[i][0] for i in sorted(exc.unpublished)])}"
                     f" ({type(first).__name__}: {first}){after}: publish those again, not the"
                     " whole file") from None
             except (RedisError, OSError) as exc:
@@ -159,8 +161,3 @@ def _failed(what: str, exc: Exception) -> str:
         return f"Redis refused {what}, not published {reason}"
     return (f"{what} may or may not have been published {reason}: the connection failed, so"
             " whether Redis took them is unknown; check before publishing them again")
-
-
-def _lines(lines: list[int], shown: int = 10) -> str:
-    text = ", ".join(str(n) for n in lines[:shown])
-    return text + f" (and {len(lines) - shown} more)" if len(lines) > shown else text
