@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
-from rich.text import Text
 
 from tidings import collector
 from tidings.analytics.cli import maintain, report, trace
@@ -23,6 +21,7 @@ from tidings.dlq.cli import dlq_cli
 from tidings.errors import TidingsError
 from tidings.scheduling.cli import schedules_cli
 from tidings.settings import Settings
+from tidings.terminal import err, fail, out, report_error
 
 T = TypeVar("T")
 
@@ -39,10 +38,6 @@ cli.add_typer(bench_cli, name="bench")
 cli.add_typer(schedules_cli, name="schedules")
 cli.add_typer(dlq_cli, name="dlq")
 
-# No markup: what they print holds stored and typed text (error messages, names) that could
-# look like rich markup; styles are given as Text.
-err = Console(stderr=True, soft_wrap=True, markup=False)
-out = Console(markup=False)
 
 
 class _State:
@@ -75,18 +70,6 @@ def _fail(exc: TidingsError) -> NoReturn:
     if _State.debug:
         traceback.print_exc()
     fail(exc)
-
-
-def report_error(problem: object) -> None:
-    """One line on stderr, "error: " and the problem, whose text is printed as it is: never
-    read as rich markup (a stored error such as 'bad header [/]' would break the print)."""
-    err.print(Text.assemble(("error:", "bold red"), " ", str(problem)), highlight=False)
-
-
-def fail(problem: object) -> NoReturn:
-    """Report a mistake (one line, see :func:`report_error`) and exit with status 1."""
-    report_error(problem)
-    raise typer.Exit(1) from None
 
 
 def settings() -> Settings:

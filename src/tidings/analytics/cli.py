@@ -11,11 +11,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
 
+from tidings import terminal
 from tidings.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -33,12 +34,6 @@ def _cli() -> Any:
     return cli
 
 
-def _fail(message: str) -> NoReturn:
-    """Report a mistake found before any connection the way ``tidings.cli.run`` does."""
-    from tidings.cli import fail
-
-    fail(message)
-
 
 def _duration(option: str, value: str) -> timedelta:
     from tidings.scheduling.calendar import parse_duration
@@ -46,7 +41,7 @@ def _duration(option: str, value: str) -> timedelta:
     try:
         return parse_duration(value)
     except ConfigurationError:
-        _fail(f"{option} {value!r} is not a duration: write e.g. '90m', '24h', '7d'")
+        terminal.fail(f"{option} {value!r} is not a duration: write e.g. '90m', '24h', '7d'")
 
 
 def _with_engine(body: Callable[[AsyncEngine], Awaitable[None]]) -> None:
@@ -69,7 +64,7 @@ def _with_engine(body: Callable[[AsyncEngine], Awaitable[None]]) -> None:
 
 
 def _print_json(document: Any) -> None:
-    _cli().out.print_json(orjson.dumps(document).decode())
+    terminal.out.print_json(orjson.dumps(document).decode())
 
 
 def report(
@@ -86,7 +81,7 @@ def report(
     from tidings.analytics.report import DIMENSIONS
 
     if by not in DIMENSIONS:
-        _fail(f"--by {by!r} is not one of {', '.join(DIMENSIONS)}")
+        terminal.fail(f"--by {by!r} is not one of {', '.join(DIMENSIONS)}")
     period = _duration("--since", since)
     dimension: Dimension = by
 
@@ -100,13 +95,13 @@ def report(
             try:
                 html.write_text(report_html(built), encoding="utf-8")
             except OSError as exc:
-                _fail(f"cannot write {html}: {exc.strerror}")
+                terminal.fail(f"cannot write {html}: {exc.strerror}")
         if json_output:
             _print_json(built.to_json())
         else:
-            _cli().out.print(report_renderable(built))
+            terminal.out.print(report_renderable(built))
         if html is not None:
-            _cli().err.print(f"wrote {html}")
+            terminal.err.print(f"wrote {html}")
 
     _with_engine(body)
 
@@ -123,7 +118,7 @@ def trace(
         if json_output:
             _print_json(story.to_json())
         else:
-            _cli().out.print(trace_renderable(story))
+            terminal.out.print(trace_renderable(story))
 
     _with_engine(body)
 
@@ -143,7 +138,7 @@ def maintain(
     try:
         retention = RetentionFromEnv.from_env()
     except ConfigurationError as exc:
-        _fail(str(exc))
+        terminal.fail(str(exc))
 
     async def body(engine: AsyncEngine) -> None:
         while True:
@@ -163,7 +158,7 @@ async def maintain_once(engine: AsyncEngine, retention: Retention, now: datetime
     rolled = await roll_up(engine, now)
     removed = await apply_retention(engine, retention, now)
     mark = "-" if rolled.watermark is None else f"{rolled.watermark:%Y-%m-%d %H:%M} UTC"
-    _cli().out.print(
+    terminal.out.print(
         f"{now:%H:%M:%S} rolled up {rolled.windows} window(s), {rolled.rows} row(s), "
         f"up to {mark}; removed {removed.messages} messages, {removed.deliveries} deliveries, "
         f"{removed.events} events, {removed.minute}/{removed.hour}/{removed.day} "

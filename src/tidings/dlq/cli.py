@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from tidings import terminal
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -49,12 +51,6 @@ def _cli() -> Any:
 
     return cli
 
-
-def _fail(exc: Exception) -> NoReturn:
-    """Report a mistake found before any connection the way ``tidings.cli.run`` does."""
-    from tidings.cli import fail
-
-    fail(exc)
 
 
 def _run(body: Callable[[DeadLetters, Redis | None], Awaitable[None]], *,
@@ -100,7 +96,7 @@ def _selection(
         return Selection(ids=tuple(ids or ()), everything=everything, topic=topic, kind=kind,
                          filter=parse(expression) if expression else None, **more)
     except TidingsError as exc:
-        _fail(exc)
+        terminal.fail(exc)
 
 
 def _age(option: str, text: str | None) -> Any:
@@ -110,13 +106,13 @@ def _age(option: str, text: str | None) -> Any:
     try:
         return parse_duration(text) if text else None
     except TidingsError as exc:
-        _fail(f"{option}: {exc}")  # type: ignore[arg-type]
+        terminal.fail(f"{option}: {exc}")
 
 
 def _json(data: Any) -> None:
     import orjson
 
-    _cli().out.print_json(orjson.dumps(data).decode())
+    terminal.out.print_json(orjson.dumps(data).decode())
 
 
 
@@ -137,7 +133,7 @@ def list_letters(
 ) -> None:
     """List dead letters, newest first, or grouped by error with --group-by error."""
     if group_by not in (None, "error"):
-        _fail(ValueError(f"--group-by {group_by!r}: the one grouping is 'error'"))
+        terminal.fail(f"--group-by {group_by!r}: the one grouping is 'error'")
     selection = _selection(None, False, topic, kind, expression, state=state,
                            since=_age("--since", since))
 
@@ -146,10 +142,10 @@ def list_letters(
 
         if group_by:
             groups = await store.groups(selection, limit)
-            _json(groups) if json_output else render.groups(_cli().out, groups)
+            _json(groups) if json_output else render.groups(terminal.out, groups)
         else:
             letters = await store.find(selection, limit)
-            _json(letters) if json_output else render.letters(_cli().out, letters)
+            _json(letters) if json_output else render.letters(terminal.out, letters)
 
     _run(body)
 
@@ -166,7 +162,7 @@ def show(
         from tidings.dlq import render
 
         letter = await store.show(dead_letter_id)
-        _json(letter) if json_output else render.letter(_cli().out, letter)
+        _json(letter) if json_output else render.letter(terminal.out, letter)
 
     _run(body)
 
@@ -200,12 +196,12 @@ def replay(
     selection = _selection(ids, everything, topic, kind, expression,
                            state=None if force or ids else "dead")
     if selection.empty:
-        _fail(ValueError("say which letters: IDs, --all, --topic, --kind or --filter"))
+        terminal.fail("say which letters: IDs, --all, --topic, --kind or --filter")
     try:
         changes = [parse_edit(e) for e in edits or ()]
         per_second = _rate(rate)
     except TidingsError as exc:
-        _fail(exc)
+        terminal.fail(exc)
 
     async def body(store: DeadLetters, client: Redis | None) -> None:
         from tidings.dlq.replay import Replayer
@@ -249,19 +245,18 @@ async def _preview(replayer: Any, ids: list[int], edits: list[Edit], force: bool
             plans.append(await replayer.preview(dead_letter_id, edits, force=force))
         except TidingsError as exc:
             plans.append({"id": dead_letter_id, "error": str(exc)})
-    _json(plans) if as_json else render.plans(_cli().out, plans)
+    _json(plans) if as_json else render.plans(terminal.out, plans)
 
 
 async def _replay(replayer: Any, ids: list[int], edits: list[Edit], force: bool,
                   rate: float | None, as_json: bool) -> None:
     from tidings.dlq import render
 
-    cli = _cli()
-    with render.progress(cli.err, len(ids), quiet=as_json) as advance:
+    with render.progress(terminal.err, len(ids), quiet=as_json) as advance:
         outcomes = await replayer.replay(ids, edits, force=force, rate=rate, progress=advance)
     results = [o.as_json() if hasattr(o, "as_json") else {"id": i, "error": str(o)}
                for i, o in zip(ids, outcomes, strict=True)]
-    _json(results) if as_json else render.replays(cli.out, results)
+    _json(results) if as_json else render.replays(terminal.out, results)
     if any("error" in r for r in results):
         raise typer.Exit(1)
 
@@ -279,19 +274,19 @@ def purge(
     selection = _selection(ids, everything, topic, kind, expression,
                            older_than=_age("--older-than", older_than))
     if selection.empty:
-        _fail(ValueError("say which letters: IDs, --all, --topic, --kind, --filter, --older-than"))
+        terminal.fail("say which letters: IDs, --all, --topic, --kind, --filter, --older-than")
 
     async def body(store: DeadLetters, _: Redis | None) -> None:
         from tidings.dlq.store import Selection
 
-        out = _cli().out
+        out = terminal.out
         # Exactly the letters counted (and confirmed): not those that arrive meanwhile.
         chosen = await store.ids(selection)
         if not chosen:
             out.print("no dead letter matches: nothing purged")
             return
         if not yes and not typer.confirm(f"Purge {len(chosen)} dead letter(s) for good?"):
-            _cli().err.print("nothing purged")
+            terminal.err.print("nothing purged")
             raise typer.Exit(1)
         purged = await store.purge(Selection(ids=tuple(chosen)))
         out.print(f"purged {purged} dead letter(s)")

@@ -32,6 +32,11 @@ class Edit:
     def name(self) -> str:
         return ".".join(self.path)
 
+    @classmethod
+    def named(cls, name: str, value: Any) -> Edit:
+        """The edit whose :attr:`name` is ``name`` (as a replay's audit row records it)."""
+        return cls(tuple(name.split(".")), value)
+
 
 def parse_edit(text: str) -> Edit:
     """``recipient.user_id=u-42`` (a leading ``payload.`` is allowed and ignored)."""

@@ -157,7 +157,7 @@ class Replayer:
                     raise ReplayError(
                         f"dead letter {dead_letter_id} has a replay still to be published"
                         f" (audit {owed.id}); run the replay again without --set to finish it")
-                edits = _edits(owed.edits)
+                edits = [Edit.named(name, value) for name, value in owed.edits.items()]
             envelope, payload, target = self._check(row, edits, force or owed is not None)
             if owed is None:
                 audit_id, reset = await self._commit(conn, row, envelope, payload, target,
@@ -258,10 +258,6 @@ async def _owed(conn: AsyncConnection, row: Any) -> Any:
         .order_by(dead_letter_replays.c.id.desc()).limit(1)
     )).first()
     return last if last is not None and last.new_entry_id is None else None
-
-
-def _edits(recorded: dict[str, Any]) -> list[Edit]:
-    return [Edit(tuple(name.split(".")), value) for name, value in recorded.items()]
 
 
 async def _locked(conn: AsyncConnection, dead_letter_id: int, *, lock: bool = True) -> Any:

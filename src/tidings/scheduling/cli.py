@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from tidings import terminal
 
 if TYPE_CHECKING:
     from tidings.scheduling.calendar import Timing
@@ -68,12 +70,6 @@ def _run_with_store(body: Callable[[Schedules], Awaitable[None]]) -> None:
     cli.run(main())
 
 
-def _fail(exc: Exception) -> NoReturn:
-    """Report a mistake found before any connection the way ``tidings.cli.run`` does."""
-    from tidings.cli import fail
-
-    fail(exc)
-
 
 def _timing(
     cron: str | None, every: str | None, at: str | None, tz: str | None, start: str | None,
@@ -107,7 +103,7 @@ def _payload(text: str) -> Any:
 def _print_status(status: ScheduleStatus, as_json: bool) -> None:
     import orjson
 
-    out = _cli().out
+    out = terminal.out
     if as_json:
         out.print_json(orjson.dumps(status.as_json()).decode())
         return
@@ -141,7 +137,7 @@ def add(
             max_runs=max_runs, misfire=misfire or "fire_once",  # type: ignore[arg-type]
         )
     except TidingsError as exc:
-        _fail(exc)
+        terminal.fail(exc)
 
     async def body(store: Schedules) -> None:
         _print_status(await store.add(schedule), json_output)
@@ -211,10 +207,10 @@ def list_schedules(
         from rich.table import Table
 
         found = await store.all(states=state or (), limit=limit + 1)  # type: ignore[arg-type]
-        out = _cli().out
+        out = terminal.out
         if len(found) > limit:
             found = found[:limit]
-            _cli().err.print(f"showing the first {limit:,} schedules by name; there are more:"
+            terminal.err.print(f"showing the first {limit:,} schedules by name; there are more:"
                              " raise --limit or narrow with --state")
         if json_output:
             out.print_json(orjson.dumps([s.as_json() for s in found]).decode())
@@ -248,7 +244,7 @@ def show(
 
         status = await store.get(name)
         recent = await store.fires(name, fires) if fires else []
-        out = _cli().out
+        out = terminal.out
         if json_output:
             data = {**status.as_json(), "fires": [f.as_json() for f in recent]}
             out.print_json(orjson.dumps(data).decode())
@@ -277,11 +273,11 @@ def purge(
     try:
         age = parse_duration(older_than)
     except TidingsError as exc:
-        _fail(exc)
+        terminal.fail(exc)
 
     async def body(store: Schedules) -> None:
         schedules, fires = await store.purge(age)
-        _cli().out.print(f"purged {schedules} schedule(s) and {fires} fire record(s)")
+        terminal.out.print(f"purged {schedules} schedule(s) and {fires} fire record(s)")
 
     _run_with_store(body)
 
@@ -306,7 +302,7 @@ def preview(
         timing = _timing(cron, every, at, tz, start, end)
         after = parse_instant(from_, timing.zone) if from_ else datetime.now(UTC)
     except TidingsError as exc:
-        _fail(exc)
+        terminal.fail(exc)
     times = [t.astimezone(timing.zone).isoformat() for t in timing.upcoming(after, count)]
     if json_output:
         typer.echo(orjson.dumps(times).decode())
